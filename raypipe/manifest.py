@@ -1,0 +1,193 @@
+"""The shard plan and the manifest: what a build will write, what it has written, and with which configuration.
+
+The manifest is the completion marker of every shard (datatrove's habit): a shard counts as done only once its entry,
+with the sha256 of each file, is in a manifest that was renamed into place after the files. A rerun with the same
+configuration skips those shards; a rerun with another configuration is refused (or starts over with --overwrite), so
+shards of two configurations never mix.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from raypipe import __version__
+from raypipe.config import BuildConfig
+from raypipe.data import PromptRow
+from raypipe.errors import UserError
+from raypipe.stages.label import LABEL_DEFINITIONS
+from raypipe.store import FORMAT, MANIFEST, manifest_path, read_manifest, shard_name, write_manifest
+
+if TYPE_CHECKING:
+    from raypipe.build import Prepared
+
+SPLITS = ("train", "test")
+
+# Fields that change how fast a build runs, never what it writes: a resume may change them.
+RUNTIME_FIELDS = {
+    "out_dir", "model.name", "model.description", "model.tp", "model.dp", "model.max_num_seqs",
+    "model.gpu_memory_utilization", "model.enforce_eager", "model.prefill_actors", "model.prefill_batch_tokens",
+}
+
+
+@dataclass
+class ShardPlan:
+    split: str
+    index: int
+    rows: list[PromptRow]
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.index)
+
+
+def plan_shards(rows: dict[str, list[PromptRow]], shard_size: int) -> list[ShardPlan]:
+    """Cut each split, in row order, into shards of shard_size rows (the last may be shorter)."""
+    return [
+        ShardPlan(split, start // shard_size, split_rows[start:start + shard_size])
+        for split in SPLITS
+        for split_rows in [rows.get(split, [])]
+        for start in range(0, len(split_rows), shard_size)
+    ]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted names of the output-relevant fields whose values differ between two resolved configs."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if k not in RUNTIME_FIELDS and a.get(k) != b.get(k))
+
+
+class Manifest:
+    def __init__(self, out_dir: str, data: dict[str, Any]):
+        self.out_dir = out_dir
+        self.data = data
+
+    @property
+    def path(self) -> Path:
+        return manifest_path(self.out_dir)
+
+    @classmethod
+    def open(cls, config: BuildConfig, prepared: Prepared, plans: list[ShardPlan], overwrite: bool) -> Manifest:
+        """Start a manifest for this build, or take over the existing one when its configuration matches."""
+        out = Path(config.out_dir)
+        resolved = config.to_dict()
+        if manifest_path(out).is_file():
+            old = read_manifest(out)
+            differing = config_differences(old["config"], resolved)
+            if differing and not overwrite:
+                raise UserError(
+                    f"{out} holds a build with another configuration (differs in: {', '.join(differing)}); "
+                    "use another --out-dir, or --overwrite to replace it"
+                )
+            if not differing:
+                manifest = cls(config.out_dir, old)
+                manifest.data["config"] = resolved  # runtime fields may have changed
+                manifest._plan(plans)
+                manifest.write()
+                return manifest
+            _remove_outputs(out)
+        elif out.exists() and any(out.iterdir()) and not overwrite:
+            raise UserError(f"{out} is not empty and has no {MANIFEST}; choose an empty or new --out-dir")
+        model = config.model
+        manifest = cls(config.out_dir, {
+            "format": FORMAT,
+            "raypipe_version": __version__,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": resolved,
+            "model": {"model_id": model.model_id, "local_path": prepared.local_model_path,
+                      "num_layers": prepared.num_layers, "hidden_size": prepared.hidden_size},
+            "features": {
+                "shape": ["rows", "layers", "positions", "hidden"],
+                "layers": prepared.layers,
+                "layer_convention": "index into HF hidden_states: 0 = embeddings, i = output of decoder layer i "
+                                    "(the last one after the final norm)",
+                "positions": prepared.positions,
+                "position_convention": "negative, counted from the prompt's end: -1 = last prompt token",
+                "hidden_size": prepared.hidden_size,
+                "dtype": model.dtype if model.dtype != "auto" else "auto",
+            },
+            "labels": {
+                "loop": {"kind": "binary", "definition": LABEL_DEFINITIONS["loop"],
+                         "params": {"n": model.loop_n, "k": model.loop_k}, "counts": {}},
+            },
+            "skipped_rows": prepared.skipped,
+            "splits": {},
+        })
+        out.mkdir(parents=True, exist_ok=True)
+        manifest._plan(plans)
+        manifest.write()
+        return manifest
+
+    def _plan(self, plans: list[ShardPlan]) -> None:
+        splits = self.data.setdefault("splits", {})
+        for plan in plans:
+            shards = splits.setdefault(plan.split, {"shards": {}})["shards"]
+            entry = shards.setdefault(plan.name, {"status": "pending"})
+            entry.update({"planned_rows": len(plan.rows),
+                          "row_id_range": [plan.rows[0].row_id, plan.rows[-1].row_id]})
+
+    def pending(self, plans: list[ShardPlan]) -> list[ShardPlan]:
+        shards = self.data["splits"]
+        return [p for p in plans if shards[p.split]["shards"][p.name]["status"] != "complete"]
+
+    def complete(self, entry: dict[str, Any]) -> None:
+        """Record a shard whose files are on disk, then rewrite the manifest (the shard's completion marker)."""
+        shard = self.data["splits"][entry["split"]]["shards"][entry["name"]]
+        if entry["rows"] != shard["planned_rows"]:
+            raise RuntimeError(f"{entry['split']}/{entry['name']} has {entry['rows']} rows, planned "
+                               f"{shard['planned_rows']}")
+        shard.update(entry, status="complete")
+        self._count_labels()
+        self.write()
+
+    def _count_labels(self) -> None:
+        for name, label in self.data["labels"].items():
+            label["counts"] = {}
+            for split, split_data in self.data["splits"].items():
+                counts: dict[str, int] = {}
+                for shard in split_data["shards"].values():
+                    for value, n in shard.get("label_counts", {}).get(name, {}).items():
+                        counts[value] = counts.get(value, 0) + n
+                label["counts"][split] = dict(sorted(counts.items()))
+        for split_data in self.data["splits"].values():
+            split_data["rows"] = sum(s.get("rows", 0) for s in split_data["shards"].values()
+                                     if s["status"] == "complete")
+
+    def finish(self) -> None:
+        self.data["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.write()
+
+    def write(self) -> None:
+        write_manifest(self.out_dir, self.data)
+
+
+def _remove_outputs(out: Path) -> None:
+    """--overwrite: remove what a raypipe build wrote (manifest and split folders), nothing else."""
+    for split in SPLITS:
+        shutil.rmtree(out / split, ignore_errors=True)
+    manifest_path(out).unlink(missing_ok=True)
+
+
+def summarize(out_dir: str) -> dict[str, dict[str, int]]:
+    """Shards per status and split, for `raypipe status`."""
+    manifest = read_manifest(out_dir)
+    summary: dict[str, dict[str, int]] = {}
+    for split, split_data in manifest["splits"].items():
+        for shard in split_data["shards"].values():
+            summary.setdefault(split, {}).setdefault(shard["status"], 0)
+            summary[split][shard["status"]] += 1
+    return summary
+

@@ -1,0 +1,49 @@
+"""Labels computed from a shard's rollouts. Pure functions of token ids: no model, no Ray."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+LABEL_DEFINITIONS = {
+    "loop": "1 if some n-gram of the first sample's generated token ids occurs at least k times (has_ngram_loop), "
+            "else 0",
+}
+
+
+def has_ngram_loop(token_ids: Sequence[int], n: int = 30, k: int = 20) -> bool:
+    """True when some n-gram of `token_ids` occurs at least `k` times (occurrences may overlap).
+
+    loop_probe's detector: a trajectory that repeats the same n tokens k times is stuck in a loop.
+    """
+    if n < 1 or k < 1:
+        raise ValueError(f"n and k must be at least 1, got n={n}, k={k}")
+    if len(token_ids) < n:
+        return False
+    ids = tuple(token_ids)
+    counts: Counter[tuple[int, ...]] = Counter()
+    for start in range(len(ids) - n + 1):
+        gram = ids[start:start + n]
+        counts[gram] += 1
+        if counts[gram] >= k:
+            return True
+    return False
+
+
+def loop_labels(samples_per_row: Sequence[Sequence[Sequence[int]]], n: int, k: int) -> list[int]:
+    """The `loop` label of each row: the detector on the row's first sample."""
+    return [int(has_ngram_loop(samples[0], n, k)) for samples in samples_per_row]
+
+
+class LabelStage:
+    """Callable for `map_batches`: adds one list per label to a one-shard batch that has rollouts."""
+
+    def __init__(self, loop_n: int, loop_k: int):
+        self.loop_n, self.loop_k = loop_n, loop_k
+
+    def __call__(self, batch):
+        from raypipe.payload import get_shard, put_shard
+
+        shard = get_shard(batch)
+        shard["labels"] = {"loop": loop_labels(shard["token_ids"], self.loop_n, self.loop_k)}
+        return put_shard(shard)

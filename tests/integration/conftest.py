@@ -1,0 +1,16 @@
+import pytest
+
+from tests.conftest import run_cli
+
+# A small build on the embedded default: 20 built-in prompts, 3 layers x 2 positions, shards of 6 rows.
+BUILD_ARGS = ["--preset", "smollm2_135m", "--builtin-size", "20", "--shard-size", "6", "--max-tokens", "48",
+              "--layers", "0,15,-1", "--positions", "-3,-1"]
+
+
+@pytest.fixture(scope="session")
+def local_build(tmp_path_factory):
+    """One real build (local Ray, vLLM CPU, Transformers), shared by the integration tests that only read it."""
+    out = tmp_path_factory.mktemp("build") / "out"
+    result = run_cli("raypipe.build", *BUILD_ARGS, "--out-dir", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out

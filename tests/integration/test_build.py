@@ -1,0 +1,94 @@
+"""The embedded-default build end to end: real Ray, real vLLM (CPU), real Transformers, the real embedded model."""
+
+import json
+
+import torch
+
+from raypipe.stages.label import has_ngram_loop
+from raypipe.store import load_rollouts, load_split, read_manifest
+from tests.conftest import run_cli
+from tests.integration.conftest import BUILD_ARGS
+
+
+def test_every_planned_shard_is_complete_and_verified(local_build):
+    manifest = read_manifest(local_build)
+    shards = {split: data["shards"] for split, data in manifest["splits"].items()}
+    assert sorted(shards["train"]) == ["shard-00000", "shard-00001", "shard-00002"]
+    assert sorted(shards["test"]) == ["shard-00000"]
+    assert all(s["status"] == "complete" for split in shards.values() for s in split.values())
+    assert manifest["features"]["layers"] == [0, 15, 30] and manifest["features"]["positions"] == [-3, -1]
+    assert manifest["model"]["local_path"] and manifest["config"]["model"]["max_tokens"] == 48
+    train, test = load_split(local_build, "train"), load_split(local_build, "test")  # checks every sha256
+    assert train["features"].shape == (18, 3, 2, 576) and test["features"].shape == (2, 3, 2, 576)
+    assert sorted(train["row_id"].tolist() + test["row_id"].tolist()) == list(range(20))
+    counts = manifest["labels"]["loop"]["counts"]
+    assert sum(counts["train"].values()) == 18 and sum(counts["test"].values()) == 2
+
+
+def test_features_equal_a_direct_forward_over_the_stored_prompt_ids(local_build, embedded_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_path, dtype=torch.float32)
+    for split in ("train", "test"):
+        tensors, rollouts = load_split(local_build, split), load_rollouts(local_build, split)
+        assert rollouts["row_id"].to_pylist() == tensors["row_id"].tolist()
+        for i, ids in enumerate(rollouts["prompt_token_ids"].to_pylist()):
+            with torch.inference_mode():
+                states = model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+            expected = torch.stack([torch.stack([states[layer][0, p] for p in (-3, -1)]) for layer in (0, 15, 30)])
+            torch.testing.assert_close(tensors["features"][i], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_stored_prompts_are_what_the_model_saw(local_build, tokenizer):
+    rollouts = load_rollouts(local_build, "train").to_pylist()
+    for row in rollouts:
+        assert row["prompt"].endswith("<|im_start|>assistant\n")
+        assert tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] == row["prompt_token_ids"]
+        (sample_ids,), (text,) = row["token_ids"], row["text"]
+        assert 0 < len(sample_ids) <= 48 and text == tokenizer.decode(sample_ids, skip_special_tokens=True)
+
+
+def test_labels_equal_the_detector_on_the_stored_rollouts(local_build):
+    manifest = read_manifest(local_build)
+    n, k = manifest["labels"]["loop"]["params"]["n"], manifest["labels"]["loop"]["params"]["k"]
+    for split in ("train", "test"):
+        labels = load_split(local_build, split)["label.loop"].tolist()
+        rollouts = load_rollouts(local_build, split)["token_ids"].to_pylist()
+        assert labels == [int(has_ngram_loop(samples[0], n, k)) for samples in rollouts]
+
+
+def test_rollouts_are_the_models_greedy_continuations(local_build, embedded_path):
+    """vLLM's greedy rollout starts as transformers' greedy generation from the same prompt ids."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_path, dtype=torch.float32)
+    for row in load_rollouts(local_build, "test").to_pylist():
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([row["prompt_token_ids"]]), max_new_tokens=8, do_sample=False)
+        assert out[0, len(row["prompt_token_ids"]):].tolist() == row["token_ids"][0][:8]
+
+
+def test_it_streams_first_shard_written_before_the_last_rollout_ends(local_build):
+    shards = [s for split in read_manifest(local_build)["splits"].values() for s in split["shards"].values()]
+    assert min(s["stats"]["written_at"] for s in shards) < max(s["stats"]["rollout_end"] for s in shards)
+
+
+def test_rerun_skips_complete_shards_and_changes_nothing(local_build):
+    before = {p.name: p.stat().st_mtime_ns for p in local_build.rglob("*.safetensors")}
+    result = run_cli("raypipe.build", *BUILD_ARGS, "--out-dir", str(local_build))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "4 already complete, 0 to build" in result.stdout
+    assert before == {p.name: p.stat().st_mtime_ns for p in local_build.rglob("*.safetensors")}
+
+
+def test_rerun_with_another_config_is_refused_naming_the_fields(local_build):
+    manifest_before = (local_build / "manifest.json").read_text()
+    result = run_cli("raypipe.build", *BUILD_ARGS, "--temperature", "0.5", "--out-dir", str(local_build))
+    assert result.returncode == 2
+    assert "model.temperature" in result.stderr and "--overwrite" in result.stderr
+    assert json.loads((local_build / "manifest.json").read_text()) == json.loads(manifest_before)
+
+
+def test_status_reports_shards(local_build):
+    result = run_cli("raypipe.cli", "status", str(local_build))
+    assert result.returncode == 0 and "train: 3 complete" in result.stdout and "test: 1 complete" in result.stdout

@@ -1,0 +1,66 @@
+import pytest
+
+from raypipe.config import PRESETS, BuildConfig, FeatureConfig, ModelConfig, apply_overrides, get_preset
+from raypipe.errors import UserError
+
+
+def test_real_presets_match_loop_probe():
+    assert (PRESETS["qwq_32b"].model_id, PRESETS["qwq_32b"].tp, PRESETS["qwq_32b"].dp) == ("Qwen/QwQ-32B", 8, 1)
+    assert (PRESETS["openthinker3_7b"].model_id, PRESETS["openthinker3_7b"].tp, PRESETS["openthinker3_7b"].dp) == (
+        "open-thoughts/OpenThinker3-7B", 1, 8)
+    assert (PRESETS["openthinker3_1p5b"].model_id, PRESETS["openthinker3_1p5b"].dp) == (
+        "open-thoughts/OpenThinker3-1.5B", 8)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_valid_and_trusts_no_remote_code(name):
+    preset = get_preset(name)
+    assert isinstance(preset, ModelConfig) and preset.name == name
+    assert preset.trust_remote_code is False
+    assert preset.loop_n >= 1 and preset.loop_k >= 1
+
+
+def test_get_preset_returns_a_copy():
+    preset = get_preset("qwq_32b")
+    preset.tp = 1
+    assert PRESETS["qwq_32b"].tp == 8
+
+
+def test_unknown_preset_names_the_known_ones():
+    with pytest.raises(UserError, match="unknown preset 'nope'.*qwq_32b"):
+        get_preset("nope")
+
+
+def test_overrides_replace_only_given_fields():
+    base = get_preset("openthinker3_7b")
+    over = apply_overrides(base, {"temperature": 0.1, "dp": 2, "top_p": None})
+    assert (over.temperature, over.dp, over.top_p, over.tp) == (0.1, 2, base.top_p, base.tp)
+
+
+def test_unknown_override_is_an_error():
+    with pytest.raises(UserError, match="bogus"):
+        apply_overrides(get_preset("qwq_32b"), {"bogus": 1})
+
+
+@pytest.mark.parametrize("field,value", [("tp", 0), ("dtype", "int3"), ("top_p", 0.0), ("temperature", -1.0)])
+def test_invalid_model_values_are_refused(field, value):
+    with pytest.raises(UserError, match=field):
+        apply_overrides(get_preset("qwq_32b"), {field: value})
+
+
+def test_layers_resolve_against_the_model():
+    assert FeatureConfig(layers="all").layer_list(4) == [1, 2, 3, 4]
+    assert FeatureConfig(layers="0,2,-1").layer_list(4) == [0, 2, 4]
+    assert FeatureConfig(layers="-5").layer_list(4) == [0]
+
+
+@pytest.mark.parametrize("layers", ["5", "-6", "a"])
+def test_layer_out_of_range_or_garbage(layers):
+    with pytest.raises(UserError):
+        FeatureConfig(layers=layers).layer_list(4)
+
+
+def test_positions_must_count_from_the_end():
+    assert FeatureConfig(positions="-3,-2,-1").position_list() == [-3, -2, -1]
+    with pytest.raises(UserError):
+        BuildConfig(out_dir="x", model=get_preset("qwq_32b"), features=FeatureConfig(positions="0"))

@@ -1,0 +1,94 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raypipe.config import SourceConfig
+from raypipe.data import arithmetic_problems, load_splits, split_ids, to_prompt_rows
+from raypipe.errors import UserError
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    train, test = split_ids(100, 0.1, seed=3)
+    assert (train, test) == split_ids(100, 0.1, seed=3)
+    assert len(test) == 10 and not set(train) & set(test) and sorted(train + test) == list(range(100))
+    assert split_ids(100, 0.1, seed=4)[1] != test
+
+
+def test_builtin_source_is_seeded_and_answered():
+    a, b = arithmetic_problems(50, seed=1), arithmetic_problems(50, seed=1)
+    assert a == b and a != arithmetic_problems(50, seed=2)
+    assert all(row["prompt"].endswith("?") and row["answer"].lstrip("-").isdigit() for row in a)
+
+
+def test_default_source_is_builtin_with_stable_row_ids():
+    splits = load_splits(SourceConfig(builtin_size=40, seed=0))
+    ids = [r["row_id"] for r in splits["train"]] + [r["row_id"] for r in splits["test"]]
+    assert sorted(ids) == list(range(40)) and len(splits["test"]) == 4
+    assert splits == load_splits(SourceConfig(builtin_size=40, seed=0))
+
+
+def _write(path, rows):
+    if path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        path.write_text("question,answer\n" + "".join(f"{r['question']},{r['answer']}\n" for r in rows))
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+def test_local_files_load_with_their_prompt_field(tmp_path, suffix):
+    rows = [{"question": f"q{i}", "answer": str(i)} for i in range(20)]
+    path = tmp_path / f"data{suffix}"
+    _write(path, rows)
+    splits = load_splits(SourceConfig(train_dataset=str(path), prompt_field="question", test_fraction=0.25))
+    got = {r["row_id"]: r["question"] for s in splits.values() for r in s}
+    assert got == {i: f"q{i}" for i in range(20)} and len(splits["test"]) == 5
+
+
+def test_separate_train_and_test_sources_and_max_samples(tmp_path):
+    _write(tmp_path / "train.jsonl", [{"question": f"t{i}", "answer": "1"} for i in range(10)])
+    _write(tmp_path / "test.jsonl", [{"question": f"e{i}", "answer": "1"} for i in range(10)])
+    splits = load_splits(SourceConfig(train_dataset=str(tmp_path / "train.jsonl"),
+                                      test_dataset=str(tmp_path / "test.jsonl"), prompt_field="question",
+                                      max_samples=3))
+    assert [r["question"] for r in splits["train"]] == ["t0", "t1", "t2"]
+    assert [r["question"] for r in splits["test"]] == ["e0", "e1", "e2"]
+
+
+def test_a_folder_of_files_is_one_source(tmp_path):
+    for part in range(2):
+        _write(tmp_path / f"part{part}.parquet", [{"question": f"p{part}-{i}", "answer": "0"} for i in range(5)])
+    splits = load_splits(SourceConfig(train_dataset=str(tmp_path), prompt_field="question"))
+    assert sum(len(s) for s in splits.values()) == 10
+
+
+def test_missing_prompt_field_names_the_columns(tmp_path):
+    _write(tmp_path / "d.jsonl", [{"question": "q", "answer": "1"}])
+    with pytest.raises(UserError, match="'prompt' is not in .*question, answer"):
+        load_splits(SourceConfig(train_dataset=str(tmp_path / "d.jsonl")))
+
+
+def test_empty_dataset_is_refused(tmp_path):
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), tmp_path / "e.parquet")
+    with pytest.raises(UserError, match="empty"):
+        load_splits(SourceConfig(train_dataset=str(tmp_path / "e.parquet")))
+
+
+def test_missing_and_unreadable_paths(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_splits(SourceConfig(train_dataset=str(tmp_path / "absent.parquet")))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(UserError, match="cannot read"):
+        load_splits(SourceConfig(train_dataset=str(tmp_path / "bad.parquet")))
+
+
+def test_chat_template_is_applied_and_tokenized_once(tokenizer):
+    rows = [{"row_id": 7, "question": "What is 2+3?", "answer": "5"}]
+    (templated,) = to_prompt_rows(rows, tokenizer, chat_template=True)
+    assert templated.prompt.endswith("<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n")
+    assert templated.prompt_token_ids == tokenizer(templated.prompt, add_special_tokens=False)["input_ids"]
+    (raw,) = to_prompt_rows(rows, tokenizer, chat_template=False)
+    assert raw.prompt == "What is 2+3?" and raw.row_id == 7 and raw.answer == "5"

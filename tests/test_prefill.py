@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from raypipe.stages.prefill import PrefillStage, length_batches
+
+
+def test_length_batches_cover_every_index_within_budget():
+    lengths = [5, 50, 7, 30, 30, 2, 49]
+    batches = length_batches(lengths, batch_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) * max(lengths[i] for i in batch) <= 100 or len(batch) == 1
+        assert lengths[batch[0]] == max(lengths[i] for i in batch)
+
+
+def test_a_prompt_longer_than_the_budget_gets_its_own_batch():
+    assert length_batches([500, 3], batch_tokens=100) == [[0], [1]]
+
+
+@pytest.fixture(scope="module")
+def stage():
+    from raypipe.config import EMBEDDED_MODEL_ID
+
+    return PrefillStage(EMBEDDED_MODEL_ID, "float32", layers=[0, 7, 30], positions=[-3, -1], batch_tokens=256)
+
+
+def test_batched_features_equal_one_forward_per_prompt(stage, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    texts = ["Hi there, you", "What is the capital of France? Answer in one word.", "2+2=", "A much longer prompt " * 8]
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    features = stage.features(ids)
+    assert features.shape == (4, 3, 2, 576)
+    model = AutoModelForCausalLM.from_pretrained(stage.model.config._name_or_path, dtype=torch.float32)
+    for i, prompt in enumerate(ids):
+        with torch.inference_mode():
+            states = model(torch.tensor([prompt]), output_hidden_states=True).hidden_states
+        expected = torch.stack([torch.stack([states[layer][0, p] for p in (-3, -1)]) for layer in (0, 7, 30)])
+        torch.testing.assert_close(features[i], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_prompt_shorter_than_positions_is_refused(stage):
+    with pytest.raises(ValueError, match="no position -3"):
+        stage.features([[1, 2]])
