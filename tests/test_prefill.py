@@ -42,3 +42,28 @@ def test_batched_features_equal_one_forward_per_prompt(stage, tokenizer):
 def test_prompt_shorter_than_positions_is_refused(stage):
     with pytest.raises(ValueError, match="no position -3"):
         stage.features([[1, 2]])
+
+
+def test_common_prefix_length():
+    from raypipe.stages.prefill import common_prefix_length
+
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert common_prefix_length([[5], [6]]) == 0
+
+
+def test_shared_prefix_features_equal_one_forward_per_prompt(stage, tokenizer):
+    """Chat-templated prompts share their system turn; reusing its cache must not change any feature."""
+    from transformers import AutoModelForCausalLM
+
+    from raypipe.data import to_prompt_rows
+
+    rows = [{"row_id": i, "question": q, "answer": None}
+            for i, q in enumerate(["What is 2+3?", "Name three colors of the rainbow, please.", "Hi"])]
+    ids = [r.prompt_token_ids for r in to_prompt_rows(rows, tokenizer, chat_template=True)]
+    features = stage.features(ids)
+    model = AutoModelForCausalLM.from_pretrained(stage.model.config._name_or_path, dtype=torch.float32)
+    for i, prompt in enumerate(ids):
+        with torch.inference_mode():
+            states = model(torch.tensor([prompt]), output_hidden_states=True).hidden_states
+        expected = torch.stack([torch.stack([states[layer][0, p] for p in (-3, -1)]) for layer in (0, 7, 30)])
+        torch.testing.assert_close(features[i], expected, atol=1e-4, rtol=1e-4)

@@ -1,8 +1,9 @@
 """Prefill stage: hidden states at chosen layers x prompt positions, from a pool of Transformers actors.
 
-One call gets one shard. Prompts are sorted by length and cut into batches under a token budget, right-padded (with a
-causal model, right padding leaves every real token's hidden state as in an unpadded forward), and run through the
-base model only (no LM head, whose vocab-sized matmul the features never need).
+One call gets one shard. The prefix that all its prompts share (a chat template's system turn) is run once and its
+keys and values reused; the suffixes are sorted by length and cut into batches under a token budget, right-padded
+(with a causal model, right padding leaves every real token's hidden state as in an unpadded forward), and run
+through the base model only (no LM head, whose vocab-sized matmul the features never need).
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]
         else:
             batches.append([i])
     return batches
+
+
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix shared by all sequences."""
+    first, n = sequences[0], min(len(s) for s in sequences)
+    for other in sequences[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return n
 
 
 def torch_dtype(name: str):
@@ -61,23 +70,48 @@ class PrefillStage:
             raise ValueError(f"a prompt of {too_short[0]} tokens has no position {min(self.positions)}")
         hidden = self.model.config.hidden_size
         out = torch.empty(len(lengths), len(self.layers), len(self.positions), hidden, dtype=self.model.dtype)
-        layer_index = torch.tensor(self.layers)
-        for batch in length_batches(lengths, self.batch_tokens):
-            longest = lengths[batch[0]]
-            input_ids = torch.zeros(len(batch), longest, dtype=torch.long)
-            attention_mask = torch.zeros(len(batch), longest, dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, : lengths[i]] = torch.as_tensor(prompt_token_ids[i])
-                attention_mask[row, : lengths[i]] = 1
-            with torch.inference_mode():
-                states = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                                    output_hidden_states=True, use_cache=False).hidden_states
-            stacked = torch.stack([states[j] for j in layer_index.tolist()], dim=1)  # [b, L, T, H]
-            # Position p (negative) of a prompt of length n is token n + p.
-            token_index = torch.tensor([[lengths[i] + p for p in self.positions] for i in batch])  # [b, P]
+        # Chat-templated prompts share a long prefix (system turn, role tags). Its keys and values are computed once
+        # and every prompt runs only its own suffix, which must still hold every requested position.
+        shared = min(common_prefix_length(prompt_token_ids), min(lengths) + min(self.positions))
+        prefix_cache = self._prefix_cache(prompt_token_ids[0][:shared]) if shared > 0 else None
+        suffix_lengths = [n - shared for n in lengths]
+        for batch in length_batches(suffix_lengths, self.batch_tokens):
+            states = self._forward([prompt_token_ids[i][shared:] for i in batch], prefix_cache, shared)
+            stacked = torch.stack([states[j] for j in self.layers], dim=1)  # [b, L, T, H]
+            # Position p (negative) of a prompt is suffix token (suffix length + p).
+            token_index = torch.tensor([[suffix_lengths[i] + p for p in self.positions] for i in batch])  # [b, P]
             gather = token_index[:, None, :, None].expand(-1, len(self.layers), -1, hidden).to(stacked.device)
             out[batch] = torch.gather(stacked, 2, gather).cpu()
         return out
+
+    def _prefix_cache(self, prefix: Sequence[int]):
+        import torch
+
+        with torch.inference_mode():
+            return self.model(input_ids=torch.tensor([list(prefix)], device=self.device), use_cache=True).past_key_values
+
+    def _forward(self, suffixes: list[Sequence[int]], prefix_cache, shared: int):
+        """hidden_states of right-padded suffixes, after the shared prefix's cached keys and values."""
+        import copy
+
+        import torch
+
+        longest = max(len(s) for s in suffixes)
+        input_ids = torch.zeros(len(suffixes), longest, dtype=torch.long)
+        attention_mask = torch.zeros(len(suffixes), shared + longest, dtype=torch.long)
+        attention_mask[:, :shared] = 1
+        for row, suffix in enumerate(suffixes):
+            input_ids[row, : len(suffix)] = torch.as_tensor(suffix)
+            attention_mask[row, shared: shared + len(suffix)] = 1
+        kwargs = {}
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)  # the forward appends to it
+            cache.batch_repeat_interleave(len(suffixes))
+            kwargs = {"past_key_values": cache, "position_ids": (shared + torch.arange(longest)).expand(
+                len(suffixes), -1).to(self.device)}
+        with torch.inference_mode():
+            return self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                              output_hidden_states=True, use_cache=prefix_cache is not None, **kwargs).hidden_states
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from raypipe.payload import get_shard, put_shard, tensor_to_numpy
