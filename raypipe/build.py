@@ -12,6 +12,8 @@ each shard's files are on disk.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -53,9 +55,11 @@ def prepare(config: BuildConfig) -> Prepared:
     positions = config.features.position_list()
 
     rows, skipped = {}, {}
-    for split, split_rows in load_splits(config.source).items():
+    source_rows, source_skipped = load_splits(config.source)
+    for split, split_rows in source_rows.items():
         prompts = to_prompt_rows(split_rows, tokenizer, config.source.chat_template)
-        rows[split], skipped[split] = _drop_unusable(prompts, config, -min(positions))
+        rows[split], unusable = _drop_unusable(prompts, config, -min(positions))
+        skipped[split] = {**source_skipped[split], **unusable}
     if not any(rows.values()):
         raise UserError("no usable prompt is left after skipping bad rows: " + str(skipped))
     return Prepared(model_path, _local_path(model_path), num_layers, hidden_size, layers, positions, rows, skipped)
@@ -112,9 +116,19 @@ def run_build(config: BuildConfig, overwrite: bool = False) -> int:
           f"{len(pending)} to build -> {config.out_dir}", flush=True)
     if pending:
         for entry in _execute(config, prepared, pending):
-            manifest.complete(entry)
-            print(f"raypipe: wrote {entry['split']}/{entry['name']} ({entry['rows']} rows)", flush=True)
+            if entry.get("status") == "failed":
+                manifest.fail(entry)
+                print(f"raypipe: FAILED {entry['split']}/{entry['name']} after {entry['attempts']} attempts: "
+                      f"{entry['error']}", flush=True)
+            else:
+                manifest.complete(entry)
+                print(f"raypipe: wrote {entry['split']}/{entry['name']} ({entry['rows']} rows)", flush=True)
     manifest.finish()
+    failed = manifest.failed()
+    if failed:
+        print(f"raypipe: {len(failed)} shard(s) failed: {', '.join(failed)}; rerun the same command to retry them "
+              f"(manifest: {manifest.path})", file=sys.stderr, flush=True)
+        return 1
     print(f"raypipe: done; manifest at {manifest.path}", flush=True)
     return 0
 
@@ -128,14 +142,20 @@ def _execute(config: BuildConfig, prepared: Prepared, pending: list[ShardPlan]):
     from raypipe.stages.rollout import RolloutStage
     from raypipe.stages.write import WriteStage
 
+    from raypipe.payload import FAULT_ENV
+
     if not ray.is_initialized():
-        ray.init(log_to_driver=True)  # joins RAY_ADDRESS (e.g. under `ray job submit`), else starts a local cluster
+        # Joins RAY_ADDRESS (e.g. under `ray job submit`), else starts a local cluster.
+        env_vars = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
+        ray.init(log_to_driver=True, runtime_env={"env_vars": env_vars} if env_vars else None)
+    retries = config.max_retries
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     model = config.model
     ds = ray.data.from_items([shard_row(p) for p in pending], override_num_blocks=len(pending))
     ds = ds.map_batches(
         RolloutStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=model.dp),
-        fn_constructor_kwargs={"model_id": model.model_id, "model": model, "seed": config.source.seed},
+        fn_constructor_kwargs={"model_id": model.model_id, "model": model, "seed": config.source.seed,
+                               "retries": retries},
         num_gpus=model.tp if use_gpu else 0, num_cpus=1,
     )
     ds = ds.map_batches(LabelStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
@@ -145,17 +165,18 @@ def _execute(config: BuildConfig, prepared: Prepared, pending: list[ShardPlan]):
         fn_constructor_kwargs={
             "model_id": model.model_id, "dtype": model.dtype, "layers": prepared.layers,
             "positions": prepared.positions, "batch_tokens": model.prefill_batch_tokens,
-            "trust_remote_code": model.trust_remote_code,
+            "trust_remote_code": model.trust_remote_code, "retries": retries,
         },
         num_gpus=1 if use_gpu else 0, num_cpus=1,
     )
     # Writing is I/O: zero CPUs, so that it never waits behind the model actors for a slot.
     ds = ds.map_batches(WriteStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
-                        fn_constructor_kwargs={"out_dir": config.out_dir})
+                        fn_constructor_kwargs={"out_dir": config.out_dir, "retries": retries})
     started = time.time()
     for row in ds.iter_rows():
         entry = json.loads(row["entry"])
-        entry["stats"]["elapsed_s"] = round(time.time() - started, 3)
+        if "stats" in entry:
+            entry["stats"]["elapsed_s"] = round(time.time() - started, 3)
         yield entry
 
 

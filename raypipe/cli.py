@@ -33,6 +33,8 @@ def build(
     test_dataset: Optional[str] = typer.Option(None, help="Separate test source; without it the train source is split."),
     test_split: str = typer.Option("test"),
     prompt_field: str = typer.Option("prompt", help="Column holding the prompt text."),
+    id_field: Optional[str] = typer.Option(None, help="Column of unique integer ids to use as row_id "
+                                                      "(default: the row's index in its source)."),
     test_fraction: float = typer.Option(0.1, help="Test share of a single source's deterministic split."),
     seed: int = typer.Option(0, help="Seed of the split, the built-in source and sampling."),
     max_samples: Optional[int] = typer.Option(None, help="Use at most this many rows of each source."),
@@ -44,6 +46,7 @@ def build(
     positions: str = typer.Option("-1", help="Prompt positions from the end: '-1' or '-3,-2,-1'."),
     shard_size: int = typer.Option(64, help="Rows per shard: the unit of work, retry and resume."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output folder built with another config."),
+    max_retries: int = typer.Option(2, help="Retries of a shard's failing stage before it is marked failed."),
     # model overrides: None keeps the preset's value
     model_id: Optional[str] = typer.Option(None, help="Hub id or local checkpoint folder."),
     temperature: Optional[float] = typer.Option(None),
@@ -73,9 +76,10 @@ def build(
             prefill_batch_tokens=prefill_batch_tokens,
         ))
         config = BuildConfig(
-            out_dir=out_dir, model=model, shard_size=shard_size,
+            out_dir=out_dir, model=model, shard_size=shard_size, max_retries=max_retries,
             source=SourceConfig(train_dataset=train_dataset, train_split=train_split, test_dataset=test_dataset,
-                                test_split=test_split, prompt_field=prompt_field, test_fraction=test_fraction,
+                                test_split=test_split, prompt_field=prompt_field, id_field=id_field,
+                                test_fraction=test_fraction,
                                 seed=seed, max_samples=max_samples, chat_template=chat_template,
                                 builtin_size=builtin_size),
             features=FeatureConfig(layers=layers, positions=positions),

@@ -99,6 +99,7 @@ class SourceConfig:
     test_dataset: str | None = None
     test_split: str = "test"
     prompt_field: str = "prompt"
+    id_field: str | None = None  # a source column of unique integer ids to use as row_id (default: row index)
     test_fraction: float = 0.1  # used when only a train spec is given
     seed: int = 0
     max_samples: int | None = None
@@ -156,10 +157,13 @@ class BuildConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     shard_size: int = 256
+    max_retries: int = 2  # a shard's stage work is tried 1 + max_retries times before the shard is marked failed
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
             raise UserError(f"shard_size must be at least 1, got {self.shard_size}")
+        if self.max_retries < 0:
+            raise UserError(f"max_retries must be >= 0, got {self.max_retries}")
         self.features.position_list()  # validate early
 
     def to_dict(self) -> dict[str, Any]:

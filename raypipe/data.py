@@ -2,12 +2,14 @@
 
 A source is a hub dataset name (`datasets.load_dataset`), a local .parquet/.jsonl/.csv file or folder of them, or
 the built-in arithmetic generator (`builtin:arithmetic`, the default when no dataset is given). Every row keeps a
-stable integer `row_id`: its index in its source, so a rerun (or a resume) sees the same ids.
+stable integer `row_id`: its index in its source (or the source's own integer id column, `--id-field`), so a rerun
+(or a resume) sees the same ids.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,16 +119,21 @@ def split_ids(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[
     return sorted(order[n_test:]), sorted(order[:n_test])
 
 
-def load_splits(source: SourceConfig) -> dict[str, list[dict[str, Any]]]:
-    """Rows per split as {'row_id', 'question', 'answer'?}, before templating and tokenization."""
+def load_splits(source: SourceConfig) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, int]]]:
+    """Rows per split as {'row_id', 'question', 'answer'}, and per split the rows skipped, counted by reason."""
     train_spec = source.train_dataset or f"{BUILTIN_PREFIX}arithmetic"
     train = _select(load_source(train_spec, source.train_split, source.builtin_size, source.seed), train_spec, source)
     if source.test_dataset is not None:
         test = _select(load_source(source.test_dataset, source.test_split, source.builtin_size, source.seed + 1),
                        source.test_dataset, source)
-        return {"train": _rows(train, range(len(train)), source), "test": _rows(test, range(len(test)), source)}
-    train_ids, test_ids = split_ids(len(train), source.test_fraction, source.seed)
-    return {"train": _rows(train, train_ids, source), "test": _rows(train, test_ids, source)}
+        parts = {"train": (train, range(len(train))), "test": (test, range(len(test)))}
+    else:
+        train_ids, test_ids = split_ids(len(train), source.test_fraction, source.seed)
+        parts = {"train": (train, train_ids), "test": (train, test_ids)}
+    rows, skipped = {}, {}
+    for split, (dataset, ids) in parts.items():
+        rows[split], skipped[split] = _rows(dataset, ids, source)
+    return rows, skipped
 
 
 def _select(dataset, spec: str, source: SourceConfig):
@@ -134,24 +141,39 @@ def _select(dataset, spec: str, source: SourceConfig):
         raise UserError(
             f"prompt field {source.prompt_field!r} is not in {spec}; its columns are: {', '.join(dataset.column_names)}"
         )
+    if source.id_field is not None and source.id_field not in dataset.column_names:
+        raise UserError(f"id field {source.id_field!r} is not in {spec}; its columns are: "
+                        f"{', '.join(dataset.column_names)}")
     if len(dataset) == 0:
         raise UserError(f"dataset {spec} is empty")
     if source.max_samples is not None:
         dataset = dataset.select(range(min(source.max_samples, len(dataset))))
+    if source.id_field is not None:
+        ids = dataset[source.id_field]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise UserError(f"id field {source.id_field!r} of {spec} must hold integers")
+        duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if duplicates:
+            raise UserError(f"id field {source.id_field!r} of {spec} has duplicate ids, e.g. {duplicates[:5]}")
     return dataset
 
 
-def _rows(dataset, ids, source: SourceConfig) -> list[dict[str, Any]]:
+def _rows(dataset, ids, source: SourceConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Usable rows; a missing, empty or non-string prompt is skipped and counted, never fails the build."""
     questions = dataset[source.prompt_field]
     answers = dataset["answer"] if "answer" in dataset.column_names else None
-    rows = []
+    row_ids = dataset[source.id_field] if source.id_field is not None else None
+    rows, skipped = [], {}
     for i in ids:
         question = questions[i]
-        if not isinstance(question, str) or not question.strip():
-            raise UserError(f"row {i} of {source.prompt_field!r} is not a non-empty string: {question!r}")
-        rows.append({"row_id": i, "question": question,
-                     "answer": None if answers is None else str(answers[i])})
-    return rows
+        reason = ("missing_prompt" if question is None else "non_string_prompt" if not isinstance(question, str)
+                  else "empty_prompt" if not question.strip() else None)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        rows.append({"row_id": i if row_ids is None else row_ids[i], "question": question,
+                     "answer": None if answers is None or answers[i] is None else str(answers[i])})
+    return rows, skipped
 
 
 # --- templating and tokenization -----------------------------------------------------------------------------------

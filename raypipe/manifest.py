@@ -19,7 +19,7 @@ from raypipe.config import BuildConfig
 from raypipe.data import PromptRow
 from raypipe.errors import UserError
 from raypipe.stages.label import LABEL_DEFINITIONS
-from raypipe.store import FORMAT, MANIFEST, manifest_path, read_manifest, shard_name, write_manifest
+from raypipe.store import FORMAT, MANIFEST, manifest_path, read_manifest, shard_name, verify_shard, write_manifest
 
 if TYPE_CHECKING:
     from raypipe.build import Prepared
@@ -28,7 +28,7 @@ SPLITS = ("train", "test")
 
 # Fields that change how fast a build runs, never what it writes: a resume may change them.
 RUNTIME_FIELDS = {
-    "out_dir", "model.name", "model.description", "model.tp", "model.dp", "model.max_num_seqs",
+    "out_dir", "max_retries", "model.name", "model.description", "model.tp", "model.dp", "model.max_num_seqs",
     "model.gpu_memory_utilization", "model.enforce_eager", "model.prefill_actors", "model.prefill_batch_tokens",
 }
 
@@ -95,7 +95,9 @@ class Manifest:
             if not differing:
                 manifest = cls(config.out_dir, old)
                 manifest.data["config"] = resolved  # runtime fields may have changed
+                manifest._recheck_complete_shards()
                 manifest._plan(plans)
+                _remove_temporaries(out)
                 manifest.write()
                 return manifest
             _remove_outputs(out)
@@ -139,6 +141,20 @@ class Manifest:
             entry.update({"planned_rows": len(plan.rows),
                           "row_id_range": [plan.rows[0].row_id, plan.rows[-1].row_id]})
 
+    def _recheck_complete_shards(self) -> None:
+        """On resume, a complete shard whose files are missing or fail their sha256 is built again."""
+        for split, split_data in self.data["splits"].items():
+            for name, shard in split_data["shards"].items():
+                if shard["status"] != "complete":
+                    continue
+                try:
+                    verify_shard(self.out_dir, shard)
+                except UserError as exc:
+                    print(f"raypipe: {exc}; rebuilding {split}/{name}", flush=True)
+                    shard.clear()
+                    shard.update(status="pending", note=f"rebuilt after: {exc}")
+        self._count_labels()
+
     def pending(self, plans: list[ShardPlan]) -> list[ShardPlan]:
         shards = self.data["splits"]
         return [p for p in plans if shards[p.split]["shards"][p.name]["status"] != "complete"]
@@ -152,6 +168,16 @@ class Manifest:
         shard.update(entry, status="complete")
         self._count_labels()
         self.write()
+
+    def fail(self, entry: dict[str, Any]) -> None:
+        """Record a shard whose work kept failing, with the reason; a rerun tries it again."""
+        shard = self.data["splits"][entry["split"]]["shards"][entry["name"]]
+        shard.update(status="failed", error=entry["error"], attempts=entry["attempts"])
+        self.write()
+
+    def failed(self) -> list[str]:
+        return [f"{split}/{name}" for split, data in self.data["splits"].items()
+                for name, shard in sorted(data["shards"].items()) if shard["status"] == "failed"]
 
     def _count_labels(self) -> None:
         for name, label in self.data["labels"].items():
@@ -172,6 +198,12 @@ class Manifest:
 
     def write(self) -> None:
         write_manifest(self.out_dir, self.data)
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Temporary files of an interrupted run: never read (only manifest-listed files are), removed on resume."""
+    for tmp in [*out.glob(".*.tmp-*"), *(p for split in SPLITS for p in (out / split).glob(".*.tmp-*"))]:
+        tmp.unlink(missing_ok=True)
 
 
 def _remove_outputs(out: Path) -> None:

@@ -23,10 +23,10 @@ def test_builtin_source_is_seeded_and_answered():
 
 
 def test_default_source_is_builtin_with_stable_row_ids():
-    splits = load_splits(SourceConfig(builtin_size=40, seed=0))
+    splits, _ = load_splits(SourceConfig(builtin_size=40, seed=0))
     ids = [r["row_id"] for r in splits["train"]] + [r["row_id"] for r in splits["test"]]
     assert sorted(ids) == list(range(40)) and len(splits["test"]) == 4
-    assert splits == load_splits(SourceConfig(builtin_size=40, seed=0))
+    assert splits == load_splits(SourceConfig(builtin_size=40, seed=0))[0]
 
 
 def _write(path, rows):
@@ -43,7 +43,7 @@ def test_local_files_load_with_their_prompt_field(tmp_path, suffix):
     rows = [{"question": f"q{i}", "answer": str(i)} for i in range(20)]
     path = tmp_path / f"data{suffix}"
     _write(path, rows)
-    splits = load_splits(SourceConfig(train_dataset=str(path), prompt_field="question", test_fraction=0.25))
+    splits, _ = load_splits(SourceConfig(train_dataset=str(path), prompt_field="question", test_fraction=0.25))
     got = {r["row_id"]: r["question"] for s in splits.values() for r in s}
     assert got == {i: f"q{i}" for i in range(20)} and len(splits["test"]) == 5
 
@@ -51,7 +51,7 @@ def test_local_files_load_with_their_prompt_field(tmp_path, suffix):
 def test_separate_train_and_test_sources_and_max_samples(tmp_path):
     _write(tmp_path / "train.jsonl", [{"question": f"t{i}", "answer": "1"} for i in range(10)])
     _write(tmp_path / "test.jsonl", [{"question": f"e{i}", "answer": "1"} for i in range(10)])
-    splits = load_splits(SourceConfig(train_dataset=str(tmp_path / "train.jsonl"),
+    splits, _ = load_splits(SourceConfig(train_dataset=str(tmp_path / "train.jsonl"),
                                       test_dataset=str(tmp_path / "test.jsonl"), prompt_field="question",
                                       max_samples=3))
     assert [r["question"] for r in splits["train"]] == ["t0", "t1", "t2"]
@@ -61,7 +61,7 @@ def test_separate_train_and_test_sources_and_max_samples(tmp_path):
 def test_a_folder_of_files_is_one_source(tmp_path):
     for part in range(2):
         _write(tmp_path / f"part{part}.parquet", [{"question": f"p{part}-{i}", "answer": "0"} for i in range(5)])
-    splits = load_splits(SourceConfig(train_dataset=str(tmp_path), prompt_field="question"))
+    splits, _ = load_splits(SourceConfig(train_dataset=str(tmp_path), prompt_field="question"))
     assert sum(len(s) for s in splits.values()) == 10
 
 
@@ -92,3 +92,29 @@ def test_chat_template_is_applied_and_tokenized_once(tokenizer):
     assert templated.prompt_token_ids == tokenizer(templated.prompt, add_special_tokens=False)["input_ids"]
     (raw,) = to_prompt_rows(rows, tokenizer, chat_template=False)
     assert raw.prompt == "What is 2+3?" and raw.row_id == 7 and raw.answer == "5"
+
+
+def test_bad_rows_are_skipped_and_counted(tmp_path):
+    prompts = ["ok one", "", "   ", None, "ok two"]
+    pq.write_table(pa.table({"prompt": prompts}), tmp_path / "d.parquet")
+    splits, skipped = load_splits(SourceConfig(train_dataset=str(tmp_path / "d.parquet"),
+                                               test_dataset=str(tmp_path / "d.parquet")))
+    assert [r["row_id"] for r in splits["train"]] == [0, 4]
+    assert skipped["train"] == {"empty_prompt": 2, "missing_prompt": 1} == skipped["test"]
+
+
+def test_non_string_prompts_are_skipped(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"prompt": "fine"}\n{"prompt": 12}\n')
+    splits, skipped = load_splits(SourceConfig(train_dataset=str(tmp_path / "d.jsonl"),
+                                               test_dataset=str(tmp_path / "d.jsonl")))
+    assert [r["question"] for r in splits["train"]] == ["fine"] and skipped["train"] == {"non_string_prompt": 1}
+
+
+def test_id_field_gives_row_ids_and_duplicates_are_refused(tmp_path):
+    pq.write_table(pa.table({"prompt": ["a", "b", "c"], "uid": [30, 10, 20]}), tmp_path / "ok.parquet")
+    splits, _ = load_splits(SourceConfig(train_dataset=str(tmp_path / "ok.parquet"),
+                                         test_dataset=str(tmp_path / "ok.parquet"), id_field="uid"))
+    assert [(r["row_id"], r["question"]) for r in splits["train"]] == [(30, "a"), (10, "b"), (20, "c")]
+    pq.write_table(pa.table({"prompt": ["a", "b"], "uid": [7, 7]}), tmp_path / "dup.parquet")
+    with pytest.raises(UserError, match="duplicate ids, e.g. \\[7\\]"):
+        load_splits(SourceConfig(train_dataset=str(tmp_path / "dup.parquet"), id_field="uid"))

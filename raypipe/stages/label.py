@@ -42,8 +42,9 @@ class LabelStage:
         self.loop_n, self.loop_k = loop_n, loop_k
 
     def __call__(self, batch):
-        from raypipe.payload import get_shard, put_shard
+        from raypipe.payload import run_stage
 
-        shard = get_shard(batch)
+        return run_stage("label", batch, self.work, retries=0)
+
+    def work(self, shard) -> None:
         shard["labels"] = {"loop": loop_labels(shard["token_ids"], self.loop_n, self.loop_k)}
-        return put_shard(shard)

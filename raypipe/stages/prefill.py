@@ -44,7 +44,7 @@ class PrefillStage:
     """Callable for `map_batches`: adds `features` [n, L, P, H] to a one-shard batch."""
 
     def __init__(self, model_id: str, dtype: str, layers: list[int], positions: list[int],
-                 batch_tokens: int, trust_remote_code: bool = False, device: str | None = None):
+                 batch_tokens: int, trust_remote_code: bool = False, device: str | None = None, retries: int = 0):
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -59,6 +59,7 @@ class PrefillStage:
         self.layers = list(layers)
         self.positions = list(positions)
         self.batch_tokens = batch_tokens
+        self.retries = retries
 
     def features(self, prompt_token_ids: Sequence[Sequence[int]]):
         """Hidden states [n, L, P, H] of the given prompts, in their order."""
@@ -114,11 +115,14 @@ class PrefillStage:
                               output_hidden_states=True, use_cache=prefix_cache is not None, **kwargs).hidden_states
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from raypipe.payload import get_shard, put_shard, tensor_to_numpy
+        from raypipe.payload import run_stage
 
-        shard = get_shard(batch)
+        return run_stage("prefill", batch, self.work, self.retries)
+
+    def work(self, shard: dict[str, Any]) -> None:
+        from raypipe.payload import tensor_to_numpy
+
         started = time.time()
         shard["features"], shard["features_dtype"] = tensor_to_numpy(self.features(shard["prompt_token_ids"]))
         shard["stats"]["prefill_s"] = round(time.time() - started, 3)
         shard["stats"]["prompt_tokens"] = sum(len(ids) for ids in shard["prompt_token_ids"])
-        return put_shard(shard)

@@ -22,7 +22,7 @@ def request_seed(seed: int, row_id: int) -> int:
 class RolloutStage:
     """Callable for `map_batches`: adds `token_ids`, `text`, `finish_reason` (one list per prompt, a sample each)."""
 
-    def __init__(self, model_id: str, model: ModelConfig, seed: int, num_samples: int = 1):
+    def __init__(self, model_id: str, model: ModelConfig, seed: int, num_samples: int = 1, retries: int = 0):
         import torch
 
         from raypipe.embedded import resolve_model_path
@@ -51,6 +51,7 @@ class RolloutStage:
         self.model = model
         self.seed = seed
         self.num_samples = num_samples
+        self.retries = retries
 
     def generate(self, prompt_token_ids: list[list[int]], row_ids: list[int]) -> dict[str, list]:
         from vllm import SamplingParams
@@ -70,9 +71,11 @@ class RolloutStage:
         }
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from raypipe.payload import get_shard, put_shard
+        from raypipe.payload import run_stage
 
-        shard = get_shard(batch)
+        return run_stage("rollout", batch, self.work, self.retries)
+
+    def work(self, shard: dict[str, Any]) -> None:
         started = time.time()
         shard.update(self.generate(shard["prompt_token_ids"], shard["row_id"]))
         shard["stats"] = {
@@ -80,4 +83,3 @@ class RolloutStage:
             "rollout_end": time.time(),
             "generated_tokens": sum(len(ids) for samples in shard["token_ids"] for ids in samples),
         }
-        return put_shard(shard)

@@ -44,16 +44,29 @@ def label_counts(labels: dict[str, list]) -> dict[str, dict[str, int]]:
 class WriteStage:
     """Callable for `map_batches`: writes one shard and returns its manifest entry as a JSON string."""
 
-    def __init__(self, out_dir: str):
+    def __init__(self, out_dir: str, retries: int = 0):
         self.out_dir = out_dir
+        self.retries = retries
 
     def __call__(self, batch):
-        from raypipe.payload import get_shard
+        from raypipe.payload import attempt, get_shard
+        from raypipe.store import shard_name
+
+        shard = attempt("write", get_shard(batch), self.work, self.retries)
+        if shard.get("error"):
+            entry = {"split": shard["split"], "name": shard_name(shard["index"]), "status": "failed",
+                     "error": shard["error"], "attempts": shard["attempts"]}
+        else:
+            entry = shard["entry"]
+        return {"entry": np.array([json.dumps(entry)])}
+
+    def work(self, shard: dict[str, Any]) -> None:
         from raypipe.store import write_shard
 
-        shard = get_shard(batch)
         entry = write_shard(self.out_dir, shard["split"], shard["index"], shard_tensors(shard), shard_rollouts(shard),
                             metadata={"split": shard["split"], "index": str(shard["index"])})
         entry["label_counts"] = label_counts(shard["labels"])
         entry["stats"] = {**shard.get("stats", {}), "written_at": time.time()}
-        return {"entry": np.array([json.dumps(entry)])}
+        if shard.get("retried"):
+            entry["retried"] = shard["retried"]  # stage -> retries it took
+        shard["entry"] = entry
