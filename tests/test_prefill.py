@@ -24,19 +24,24 @@ def stage():
     return PrefillStage(EMBEDDED_MODEL_ID, "float32", layers=[0, 7, 30], positions=[-3, -1], batch_tokens=256)
 
 
-def test_batched_features_equal_one_forward_per_prompt(stage, tokenizer):
+def _assert_matches_direct_forward(stage, ids):
+    """The stage's features equal an unbatched full-model forward of each prompt (layers 0, 7, 30; positions -3, -1)."""
     from transformers import AutoModelForCausalLM
 
-    texts = ["Hi there, you", "What is the capital of France? Answer in one word.", "2+2=", "A much longer prompt " * 8]
-    ids = [tokenizer(t)["input_ids"] for t in texts]
     features = stage.features(ids)
-    assert features.shape == (4, 3, 2, 576)
     model = AutoModelForCausalLM.from_pretrained(stage.model.config._name_or_path, dtype=torch.float32)
     for i, prompt in enumerate(ids):
         with torch.inference_mode():
             states = model(torch.tensor([prompt]), output_hidden_states=True).hidden_states
         expected = torch.stack([torch.stack([states[layer][0, p] for p in (-3, -1)]) for layer in (0, 7, 30)])
         torch.testing.assert_close(features[i], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_batched_features_equal_one_forward_per_prompt(stage, tokenizer):
+    texts = ["Hi there, you", "What is the capital of France? Answer in one word.", "2+2=", "A much longer prompt " * 8]
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    assert stage.features(ids).shape == (4, 3, 2, 576)
+    _assert_matches_direct_forward(stage, ids)
 
 
 def test_prompt_shorter_than_positions_is_refused(stage):
@@ -53,17 +58,9 @@ def test_common_prefix_length():
 
 def test_shared_prefix_features_equal_one_forward_per_prompt(stage, tokenizer):
     """Chat-templated prompts share their system turn; reusing its cache must not change any feature."""
-    from transformers import AutoModelForCausalLM
-
     from raypipe.data import to_prompt_rows
 
     rows = [{"row_id": i, "question": q, "answer": None}
             for i, q in enumerate(["What is 2+3?", "Name three colors of the rainbow, please.", "Hi"])]
     ids = [r.prompt_token_ids for r in to_prompt_rows(rows, tokenizer, chat_template=True)]
-    features = stage.features(ids)
-    model = AutoModelForCausalLM.from_pretrained(stage.model.config._name_or_path, dtype=torch.float32)
-    for i, prompt in enumerate(ids):
-        with torch.inference_mode():
-            states = model(torch.tensor([prompt]), output_hidden_states=True).hidden_states
-        expected = torch.stack([torch.stack([states[layer][0, p] for p in (-3, -1)]) for layer in (0, 7, 30)])
-        torch.testing.assert_close(features[i], expected, atol=1e-4, rtol=1e-4)
+    _assert_matches_direct_forward(stage, ids)

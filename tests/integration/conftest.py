@@ -1,5 +1,7 @@
 import pytest
+import torch
 
+from raypipe.store import load_rollouts, load_split
 from tests.conftest import run_cli
 
 # A small build on the embedded default: 20 built-in prompts, 3 layers x 2 positions, shards of 6 rows.
@@ -14,3 +16,13 @@ def local_build(tmp_path_factory):
     result = run_cli("raypipe.build", *BUILD_ARGS, "--out-dir", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
+
+
+def assert_same_dataset(a, b):
+    """Two builds hold the same rows, labels, rollouts and (to float tolerance) features."""
+    for split in ("train", "test"):
+        x, y = load_split(a, split), load_split(b, split)
+        assert x["row_id"].tolist() == y["row_id"].tolist()
+        assert x["label.loop"].tolist() == y["label.loop"].tolist()
+        torch.testing.assert_close(x["features"], y["features"], atol=1e-4, rtol=1e-4)
+        assert load_rollouts(a, split)["token_ids"].to_pylist() == load_rollouts(b, split)["token_ids"].to_pylist()

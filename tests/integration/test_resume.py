@@ -1,7 +1,6 @@
 """Interrupt a build anywhere, run it again, get the uninterrupted result: kill, corruption, failing shards."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,20 +8,9 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-
-from raypipe.store import load_rollouts, load_split, read_manifest
+from raypipe.store import load_split, read_manifest
 from tests.conftest import REPO, run_cli
-from tests.integration.conftest import BUILD_ARGS
-
-
-def _assert_same_dataset(a, b):
-    for split in ("train", "test"):
-        x, y = load_split(a, split), load_split(b, split)
-        assert x["row_id"].tolist() == y["row_id"].tolist()
-        assert x["label.loop"].tolist() == y["label.loop"].tolist()
-        torch.testing.assert_close(x["features"], y["features"], atol=1e-4, rtol=1e-4)
-        assert load_rollouts(a, split)["token_ids"].to_pylist() == load_rollouts(b, split)["token_ids"].to_pylist()
+from tests.integration.conftest import BUILD_ARGS, assert_same_dataset
 
 
 def _complete(out) -> int:
@@ -48,7 +36,7 @@ def test_sigkill_after_the_first_shard_then_rerun_equals_an_uninterrupted_run(lo
     rerun = run_cli("raypipe.build", *BUILD_ARGS, "--out-dir", str(out))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{done_at_kill} already complete, {4 - done_at_kill} to build" in rerun.stdout
-    _assert_same_dataset(out, local_build)
+    assert_same_dataset(out, local_build)
     assert not list(out.rglob(".*.tmp-*"))
 
     # A shard altered on disk is found by its sha256 on the next run and rebuilt.
@@ -57,7 +45,7 @@ def test_sigkill_after_the_first_shard_then_rerun_equals_an_uninterrupted_run(lo
     rerun = run_cli("raypipe.build", *BUILD_ARGS, "--out-dir", str(out))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "shard-00001.safetensors is corrupt" in rerun.stdout and "3 already complete, 1 to build" in rerun.stdout
-    _assert_same_dataset(out, local_build)
+    assert_same_dataset(out, local_build)
 
 
 def test_failing_shards_are_retried_reported_and_rerun_alone_and_bad_rows_counted(tmp_path):
