@@ -8,10 +8,8 @@ shards of two configurations never mix.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raypipe import __version__
@@ -19,7 +17,8 @@ from raypipe.config import BuildConfig
 from raypipe.data import PromptRow
 from raypipe.errors import UserError
 from raypipe.stages.label import LABEL_DEFINITIONS
-from raypipe.store import FORMAT, MANIFEST, manifest_path, read_manifest, shard_name, verify_shard, write_manifest
+from raypipe.fs import Location
+from raypipe.store import FORMAT, MANIFEST, read_manifest, shard_name, verify_shard, write_manifest
 
 if TYPE_CHECKING:
     from raypipe.build import Prepared
@@ -76,20 +75,20 @@ class Manifest:
         self.data = data
 
     @property
-    def path(self) -> Path:
-        return manifest_path(self.out_dir)
+    def path(self) -> str:
+        return Location(self.out_dir).path(MANIFEST)
 
     @classmethod
     def open(cls, config: BuildConfig, prepared: Prepared, plans: list[ShardPlan], overwrite: bool) -> Manifest:
         """Start a manifest for this build, or take over the existing one when its configuration matches."""
-        out = Path(config.out_dir)
+        out = Location(config.out_dir)
         resolved = config.to_dict()
-        if manifest_path(out).is_file():
-            old = read_manifest(out)
+        if out.is_file(MANIFEST):
+            old = read_manifest(config.out_dir)
             differing = config_differences(old["config"], resolved)
             if differing and not overwrite:
                 raise UserError(
-                    f"{out} holds a build with another configuration (differs in: {', '.join(differing)}); "
+                    f"{config.out_dir} holds a build with another configuration (differs in: {', '.join(differing)}); "
                     "use another --out-dir, or --overwrite to replace it"
                 )
             if not differing:
@@ -101,8 +100,8 @@ class Manifest:
                 manifest.write()
                 return manifest
             _remove_outputs(out)
-        elif out.exists() and any(out.iterdir()) and not overwrite:
-            raise UserError(f"{out} is not empty and has no {MANIFEST}; choose an empty or new --out-dir")
+        elif out.list() and not overwrite:
+            raise UserError(f"{config.out_dir} is not empty and has no {MANIFEST}; choose an empty or new --out-dir")
         model = config.model
         manifest = cls(config.out_dir, {
             "format": FORMAT,
@@ -128,7 +127,6 @@ class Manifest:
             "skipped_rows": prepared.skipped,
             "splits": {},
         })
-        out.mkdir(parents=True, exist_ok=True)
         manifest._plan(plans)
         manifest.write()
         return manifest
@@ -200,17 +198,19 @@ class Manifest:
         write_manifest(self.out_dir, self.data)
 
 
-def _remove_temporaries(out: Path) -> None:
+def _remove_temporaries(out: Location) -> None:
     """Temporary files of an interrupted run: never read (only manifest-listed files are), removed on resume."""
-    for tmp in [*out.glob(".*.tmp-*"), *(p for split in SPLITS for p in (out / split).glob(".*.tmp-*"))]:
-        tmp.unlink(missing_ok=True)
+    for folder in ("", *SPLITS):
+        for name in out.list(folder):
+            if name.startswith(".") and ".tmp-" in name:
+                out.delete_file(f"{folder}/{name}" if folder else name)
 
 
-def _remove_outputs(out: Path) -> None:
+def _remove_outputs(out: Location) -> None:
     """--overwrite: remove what a raypipe build wrote (manifest and split folders), nothing else."""
     for split in SPLITS:
-        shutil.rmtree(out / split, ignore_errors=True)
-    manifest_path(out).unlink(missing_ok=True)
+        out.delete_dir(split)
+    out.delete_file(MANIFEST)
 
 
 def summarize(out_dir: str) -> dict[str, dict[str, int]]:

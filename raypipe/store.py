@@ -5,6 +5,7 @@
     out_dir/train/shard-00000.rollouts.parquet     row_id, prompt, prompt_token_ids, token_ids, text, finish_reason
     out_dir/test/...
 
+`out_dir` is a local folder or a pyarrow filesystem URI (`s3://bucket/run`, `gs://...`, `file:///...`); see fs.py.
 Every file is written under a temporary name, fsynced and renamed. A shard is complete only when the manifest, also
 renamed into place, lists it as complete with the sha256 of each of its files; readers read only such shards and
 check their hashes, so a leftover temporary file or a half-written shard is never read.
@@ -14,12 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
-from pathlib import Path
 from typing import Any
 
 from raypipe.errors import UserError
+from raypipe.fs import Location
 
 MANIFEST = "manifest.json"
 FORMAT = "raypipe.probe-dataset/1"
@@ -30,51 +29,29 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-# --- atomic files --------------------------------------------------------------------------------------------------
-
-def write_atomic(path: Path, data: bytes) -> str:
-    """Write bytes under a temporary name, fsync, rename into place; return their sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --- writing one shard ---------------------------------------------------------------------------------------------
 
-def write_shard(out_dir: str | Path, split: str, index: int, tensors: dict[str, Any], rollouts: dict[str, list],
+def write_shard(out_dir: str, split: str, index: int, tensors: dict[str, Any], rollouts: dict[str, list],
                 metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """Write a shard's safetensors file and rollout sidecar; return its manifest entry (files, sha256, rows)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from safetensors.torch import save
 
-    folder = Path(out_dir) / split
+    location = Location(str(out_dir))
     name = shard_name(index)
     rows = int(tensors["row_id"].shape[0])
     for key, tensor in tensors.items():
         if tensor.shape[0] != rows:
             raise ValueError(f"{split}/{name}: tensor {key} has {tensor.shape[0]} rows, expected {rows}")
     tensor_file = f"{name}.safetensors"
-    tensor_sha = write_atomic(folder / tensor_file,
-                              save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+    tensor_sha = location.write_atomic(f"{split}/{tensor_file}",
+                                       save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
 
     sidecar_file = f"{name}.rollouts.parquet"
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(rollouts), sink)
-    sidecar_sha = write_atomic(folder / sidecar_file, sink.getvalue().to_pybytes())
+    sidecar_sha = location.write_atomic(f"{split}/{sidecar_file}", sink.getvalue().to_pybytes())
     return {
         "split": split,
         "name": name,
@@ -85,25 +62,21 @@ def write_shard(out_dir: str | Path, split: str, index: int, tensors: dict[str, 
 
 # --- the manifest --------------------------------------------------------------------------------------------------
 
-def manifest_path(out_dir: str | Path) -> Path:
-    return Path(out_dir) / MANIFEST
-
-
-def read_manifest(out_dir: str | Path) -> dict[str, Any]:
-    path = manifest_path(out_dir)
-    if not path.is_file():
+def read_manifest(out_dir: str) -> dict[str, Any]:
+    location = Location(str(out_dir))
+    if not location.is_file(MANIFEST):
         raise UserError(f"{out_dir} has no {MANIFEST}: is it the output folder of a raypipe build?")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(location.read_bytes(MANIFEST))
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}") from exc
+        raise UserError(f"{location.path(MANIFEST)} is not valid JSON: {exc}") from exc
     if manifest.get("format") != FORMAT:
-        raise UserError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+        raise UserError(f"{location.path(MANIFEST)} has format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest
 
 
-def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
-    write_atomic(manifest_path(out_dir), (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
+def write_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
+    Location(str(out_dir)).write_atomic(MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
 def complete_shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
@@ -113,51 +86,64 @@ def complete_shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]
 
 # --- reading -------------------------------------------------------------------------------------------------------
 
-def verify_shard(out_dir: str | Path, entry: dict[str, Any]) -> None:
+def _check(location: Location, relative: str, expected: str, actual: str | None) -> None:
+    if actual is None:
+        raise UserError(f"shard file {location.path(relative)} is missing")
+    if actual != expected:
+        raise UserError(f"shard file {location.path(relative)} is corrupt: sha256 {actual[:12]}... does not match "
+                        f"the manifest's {expected[:12]}...")
+
+
+def verify_shard(out_dir: str, entry: dict[str, Any]) -> None:
     """Raise UserError unless every file of a shard exists and matches its recorded sha256."""
-    folder = Path(out_dir) / entry["split"]
+    location = Location(str(out_dir))
     for file, expected in entry["files"].items():
-        path = folder / file
-        if not path.is_file():
-            raise UserError(f"shard file {path} is missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise UserError(f"shard file {path} is corrupt: sha256 {actual[:12]}... does not match the manifest's "
-                            f"{expected[:12]}...")
+        relative = f"{entry['split']}/{file}"
+        _check(location, relative, expected, location.sha256(relative) if location.is_file(relative) else None)
 
 
-def load_split(out_dir: str | Path, split: str, verify: bool = True) -> dict[str, Any]:
-    """Read every complete shard of a split, in shard order, as concatenated torch tensors."""
-    import torch
-    from safetensors.torch import load_file
+def _read_shard_file(location: Location, entry: dict[str, Any], suffix: str, verify: bool) -> bytes:
+    """One file of a complete shard, read once and checked against its sha256."""
+    file = next(f for f in entry["files"] if f.endswith(suffix))
+    relative = f"{entry['split']}/{file}"
+    if not location.is_file(relative):
+        _check(location, relative, entry["files"][file], None)
+    data = location.read_bytes(relative)
+    if verify:
+        _check(location, relative, entry["files"][file], hashlib.sha256(data).hexdigest())
+    return data
 
+
+def _complete_entries(out_dir: str, split: str) -> list[dict[str, Any]]:
     manifest = read_manifest(out_dir)
     if split not in manifest.get("splits", {}):
         raise UserError(f"split {split!r} is not in {out_dir}; splits: {', '.join(manifest.get('splits', {}))}")
-    parts: dict[str, list] = {}
-    for entry in complete_shards(manifest, split):
-        if verify:
-            verify_shard(out_dir, entry)
-        tensor_file = next(f for f in entry["files"] if f.endswith(".safetensors"))
-        for key, tensor in load_file(Path(out_dir) / split / tensor_file).items():
-            parts.setdefault(key, []).append(tensor)
-    if not parts:
+    entries = complete_shards(manifest, split)
+    if not entries:
         raise UserError(f"split {split!r} of {out_dir} has no complete shard")
+    return [{**entry, "split": split} for entry in entries]
+
+
+def load_split(out_dir: str, split: str, verify: bool = True) -> dict[str, Any]:
+    """Read every complete shard of a split, in shard order, as concatenated torch tensors."""
+    import torch
+    from safetensors.torch import load
+
+    location = Location(str(out_dir))
+    parts: dict[str, list] = {}
+    for entry in _complete_entries(out_dir, split):
+        for key, tensor in load(_read_shard_file(location, entry, ".safetensors", verify)).items():
+            parts.setdefault(key, []).append(tensor)
     return {key: torch.cat(tensors) for key, tensors in parts.items()}
 
 
-def load_rollouts(out_dir: str | Path, split: str, verify: bool = True):
+def load_rollouts(out_dir: str, split: str, verify: bool = True):
     """Read the rollout sidecars of every complete shard of a split as one pyarrow table."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    manifest = read_manifest(out_dir)
-    tables = []
-    for entry in complete_shards(manifest, split):
-        if verify:
-            verify_shard(out_dir, entry)
-        sidecar = next(f for f in entry["files"] if f.endswith(".parquet"))
-        tables.append(pq.read_table(Path(out_dir) / split / sidecar))
-    if not tables:
-        raise UserError(f"split {split!r} of {out_dir} has no complete shard")
-    return pa.concat_tables(tables)
+    location = Location(str(out_dir))
+    return pa.concat_tables([
+        pq.read_table(pa.BufferReader(_read_shard_file(location, entry, ".parquet", verify)))
+        for entry in _complete_entries(out_dir, split)
+    ])

@@ -18,6 +18,12 @@ def _shard(split, index, row_ids, dtype=torch.float32):
     return tensors, rollouts
 
 
+@pytest.fixture(params=["path", "uri"])
+def out(request, tmp_path):
+    """The same folder given as a plain path and as a pyarrow filesystem URI."""
+    return str(tmp_path) if request.param == "path" else f"file://{tmp_path}"
+
+
 def _make_dataset(tmp_path, dtype=torch.float32):
     written = {}
     shards = {}
@@ -31,25 +37,28 @@ def _make_dataset(tmp_path, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_round_trip_concatenates_shards_in_order(tmp_path, dtype):
-    written = _make_dataset(tmp_path, dtype)
-    loaded = load_split(tmp_path, "train")
+def test_round_trip_concatenates_shards_in_order(out, dtype):
+    written = _make_dataset(out, dtype)
+    loaded = load_split(out, "train")
     assert loaded["row_id"].tolist() == [0, 1, 2, 3, 4]
     assert loaded["features"].dtype == dtype
     assert torch.equal(loaded["features"], torch.cat([written[0]["features"], written[1]["features"]]))
     assert loaded["label.loop"].tolist() == [0, 1, 0, 1, 0]
-    rollouts = load_rollouts(tmp_path, "train")
+    rollouts = load_rollouts(out, "train")
     assert rollouts["row_id"].to_pylist() == [0, 1, 2, 3, 4] and rollouts["text"].to_pylist()[4] == ["t4"]
 
 
-def test_checksum_mismatch_is_refused(tmp_path):
-    _make_dataset(tmp_path)
+def test_checksum_mismatch_is_refused(out, tmp_path):
+    _make_dataset(out)
     path = tmp_path / "train" / "shard-00001.safetensors"
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(UserError, match="shard-00001.safetensors is corrupt"):
-        load_split(tmp_path, "train")
+        load_split(out, "train")
+    path.unlink()
+    with pytest.raises(UserError, match="shard-00001.safetensors is missing"):
+        load_split(out, "train")
 
 
 def test_truncated_sidecar_is_refused(tmp_path):

@@ -54,11 +54,12 @@ def ray_head(tmp_path):
 
 
 def test_job_submit_builds_the_same_dataset_as_a_local_run(ray_head, local_build, tmp_path):
+    """Submitted as a job, writing through a pyarrow filesystem URI, the build equals the local one."""
     address, env = ray_head
-    out = tmp_path / "job_out"
+    out = f"file://{tmp_path / 'job_out'}"
     result = subprocess.run(
         ["ray", "job", "submit", "--address", address, "--", "python", "-m", "raypipe.build", *BUILD_ARGS,
-         "--out-dir", str(out)],
+         "--out-dir", out],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
