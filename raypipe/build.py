@@ -58,19 +58,29 @@ def prepare(config: BuildConfig) -> Prepared:
     source_rows, source_skipped = load_splits(config.source)
     for split, split_rows in source_rows.items():
         prompts = to_prompt_rows(split_rows, tokenizer, config.source.chat_template)
-        rows[split], unusable = _drop_unusable(prompts, config, -min(positions))
+        rows[split], unusable = _drop_unusable(prompts, config, -min(positions), tokenizer)
         skipped[split] = {**source_skipped[split], **unusable}
     if not any(rows.values()):
         raise UserError("no usable prompt is left after skipping bad rows: " + str(skipped))
     return Prepared(model_path, _local_path(model_path), num_layers, hidden_size, layers, positions, rows, skipped)
 
 
-def _drop_unusable(prompts: list[PromptRow], config: BuildConfig, min_tokens: int):
-    """Prompts the model cannot take are skipped and counted by reason, never fail a shard."""
+def _drop_unusable(prompts: list[PromptRow], config: BuildConfig, min_tokens: int, tokenizer):
+    """Prompts the model cannot take are skipped and counted by reason, never fail a shard.
+
+    With --truncate-long-prompts a prompt over the context keeps its last max_model_len - 1 tokens instead (the end
+    holds the chat template's assistant turn); its stored text is those tokens decoded, and it is counted as
+    `prompt_truncated`.
+    """
     kept, skipped = [], {}
+    limit = config.model.max_model_len - 1
     for row in prompts:
         reason = None
-        if len(row.prompt_token_ids) >= config.model.max_model_len:
+        if len(row.prompt_token_ids) > limit and config.source.truncate_long_prompts:
+            row = PromptRow(row.row_id, tokenizer.decode(row.prompt_token_ids[-limit:]), row.prompt_token_ids[-limit:],
+                            row.answer)
+            skipped["prompt_truncated"] = skipped.get("prompt_truncated", 0) + 1
+        if len(row.prompt_token_ids) > limit:
             reason = "prompt_too_long"
         elif len(row.prompt_token_ids) < min_tokens:
             reason = "prompt_shorter_than_positions"

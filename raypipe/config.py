@@ -104,6 +104,7 @@ class SourceConfig:
     seed: int = 0
     max_samples: int | None = None
     chat_template: bool = True  # apply the model's chat template to raw questions
+    truncate_long_prompts: bool = False  # keep the last max_model_len - 1 tokens instead of skipping the row
     builtin_size: int = 200  # rows of the built-in arithmetic source
 
     def __post_init__(self) -> None:

@@ -96,6 +96,13 @@ def attempt(stage: str, shard: dict[str, Any], work: Callable[[dict[str, Any]], 
     return shard
 
 
+def node_id() -> str | None:
+    """The Ray node this process runs on (recorded per stage, to see how a build spread over a cluster)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 FAULT_ENV = "RAYPIPE_INJECT_FAULT"
 
 

@@ -120,9 +120,10 @@ class PrefillStage:
         return run_stage("prefill", batch, self.work, self.retries)
 
     def work(self, shard: dict[str, Any]) -> None:
-        from raypipe.payload import tensor_to_numpy
+        from raypipe.payload import node_id, tensor_to_numpy
 
         started = time.time()
         shard["features"], shard["features_dtype"] = tensor_to_numpy(self.features(shard["prompt_token_ids"]))
         shard["stats"]["prefill_s"] = round(time.time() - started, 3)
         shard["stats"]["prompt_tokens"] = sum(len(ids) for ids in shard["prompt_token_ids"])
+        shard["stats"]["prefill_node"] = node_id()

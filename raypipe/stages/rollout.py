@@ -76,10 +76,13 @@ class RolloutStage:
         return run_stage("rollout", batch, self.work, self.retries)
 
     def work(self, shard: dict[str, Any]) -> None:
+        from raypipe.payload import node_id
+
         started = time.time()
         shard.update(self.generate(shard["prompt_token_ids"], shard["row_id"]))
         shard["stats"] = {
             "rollout_s": round(time.time() - started, 3),
             "rollout_end": time.time(),
             "generated_tokens": sum(len(ids) for samples in shard["token_ids"] for ids in samples),
+            "rollout_node": node_id(),
         }
