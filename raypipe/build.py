@@ -28,7 +28,6 @@ from raypipe.manifest import Manifest, ShardPlan, plan_shards
 class Prepared:
     """Everything the driver resolves before Ray starts: a user error surfaces here, before any work."""
 
-    model_path: str
     local_model_path: str | None
     num_layers: int
     hidden_size: int
@@ -62,7 +61,7 @@ def prepare(config: BuildConfig) -> Prepared:
         skipped[split] = {**source_skipped[split], **unusable}
     if not any(rows.values()):
         raise UserError("no usable prompt is left after skipping bad rows: " + str(skipped))
-    return Prepared(model_path, _local_path(model_path), num_layers, hidden_size, layers, positions, rows, skipped)
+    return Prepared(_local_path(model_path), num_layers, hidden_size, layers, positions, rows, skipped)
 
 
 def _drop_unusable(prompts: list[PromptRow], config: BuildConfig, min_tokens: int, tokenizer):

@@ -23,7 +23,6 @@ class Location:
             self.local = isinstance(self.fs, pafs.LocalFileSystem)
         else:
             self.fs, self.root, self.local = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root)), True
-        self.uri = root
 
     def path(self, relative: str = "") -> str:
         return f"{self.root.rstrip('/')}/{relative}" if relative else self.root

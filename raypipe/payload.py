@@ -109,7 +109,9 @@ FAULT_ENV = "RAYPIPE_INJECT_FAULT"
 def _maybe_inject_fault(stage: str, shard: dict[str, Any], number: int) -> None:
     """Testing hook: RAYPIPE_INJECT_FAULT="rollout:train/shard-00001[:N],..." fails that stage of that shard on its
     first N attempts (every attempt without N), so the retry and failure paths run on the real pipeline."""
-    name = f"{shard['split']}/shard-{shard['index']:05d}"
+    from raypipe.store import shard_name
+
+    name = f"{shard['split']}/{shard_name(shard['index'])}"
     for spec in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
         parts = spec.split(":")
         failing_attempts = int(parts[2]) if len(parts) > 2 else None
