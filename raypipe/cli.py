@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 
-from raypipe.config import PRESETS, BuildConfig, FeatureConfig, SourceConfig, apply_overrides, get_preset
+from raypipe.config import (PRESETS, BuildConfig, FeatureConfig, SourceConfig, SweepConfig, TrainConfig,
+                            apply_overrides, get_preset)
 from raypipe.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -125,6 +126,101 @@ def status(out_dir: str = typer.Argument(..., help="A build's output folder.")) 
         typer.echo(f"{split}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
 
 
+# --- probes --------------------------------------------------------------------------------------------------------
+
+DATA_DIR = typer.Option(..., "--data-dir", help="A build's output folder (manifest.json, train/, test/).")
+OUT_DIR = typer.Option(..., "--out-dir", help="Where the probe outputs go.")
+LABEL = typer.Option(None, "--label", help="Label to predict (default: loop, else the first in the manifest).")
+TASK_TYPE = typer.Option("auto", "--task-type", help="auto (0/1 label: classification), regression, classification.")
+SEED = typer.Option(42, "--seed")
+RESAMPLES = typer.Option(1000, "--resamples", help="Bootstrap resamples and permutations for the CI and p-value.")
+DEVICE = typer.Option("auto", "--device", help="auto (cuda when present), cpu, cuda.")
+
+
+def sweep(
+    data_dir: str = DATA_DIR, out_dir: str = OUT_DIR, label: Optional[str] = LABEL, task_type: str = TASK_TYPE,
+    seed: int = SEED, resamples: int = RESAMPLES, device: str = DEVICE,
+    layers: Optional[str] = typer.Option(None, help="Hidden-state layers to sweep, e.g. '10,20,-1' (default: all "
+                                                    "stored)."),
+    positions: Optional[str] = typer.Option(None, help="Positions to sweep, e.g. '-3,-1' (default: all stored)."),
+    alpha: float = typer.Option(1.0, help="Regularization: Ridge alpha; Logistic C = 1/alpha."),
+    fit_intercept: bool = typer.Option(False, "--fit-intercept/--no-fit-intercept",
+                                       help="Off by default, as in the probe-pipeline seed."),
+    k_fold: bool = typer.Option(True, "--k-fold/--no-k-fold", help="Select the best probe by k-fold CV."),
+    n_folds: int = typer.Option(5, "--n-folds"),
+    max_iter: int = typer.Option(100, help="Newton steps of the logistic solver."),
+    memory_gb: float = typer.Option(2.0, help="Memory for features and Gram matrices of one chunk of probes."),
+) -> None:
+    """One Ridge/Logistic probe per (layer, position), k-fold CV picks the best: performance.json + predictions."""
+    try:
+        from raypipe.probes.sweep import run_sweep
+
+        performance = run_sweep(SweepConfig(
+            data_dir=data_dir, out_dir=out_dir, label=label, task_type=task_type, seed=seed, resamples=resamples,
+            device=device, layers=layers, positions=positions, alpha=alpha, fit_intercept=fit_intercept,
+            k_fold=k_fold, n_folds=n_folds, max_iter=max_iter, memory_gb=memory_gb))
+    except UserError as exc:
+        _fail(str(exc))
+    best, metric = performance["best"], performance["metric"]
+    typer.echo(f"{performance['label']} ({performance['task_type']}): best layer {best['layer']}, position "
+               f"{best['position']}: {best['selected_by']} {metric} {_fmt(best[best['selected_by'] + '_score'])}, "
+               f"test {_fmt(best['test_score'])}; prompt-length baseline test "
+               f"{_fmt(performance['baselines']['prompt_length'].get('test'))}. Wrote {out_dir}/performance.json")
+
+
+def train(
+    data_dir: str = DATA_DIR, out_dir: str = OUT_DIR, label: Optional[str] = LABEL, task_type: str = TASK_TYPE,
+    seed: int = SEED, resamples: int = RESAMPLES,
+    layer: int = typer.Option(-1, "--layer", help="Hidden-state index (0 = embeddings, -1 = last layer)."),
+    position: int = typer.Option(-1, "--position", help="Prompt position from the end."),
+    epochs: int = typer.Option(50, "--epochs"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    weight_decay: float = typer.Option(0.0, "--weight-decay"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Train share held out to pick the best epoch; 0 "
+                                                                   "picks it on test, as loop_probe does."),
+    standardize: bool = typer.Option(True, "--standardize/--no-standardize"),
+    num_workers: int = typer.Option(1, "--num-workers", help="Ray Train workers."),
+    wandb_project: Optional[str] = typer.Option(None, "--wandb-project", help="Log to W&B (offline without a key)."),
+) -> None:
+    """Train one linear probe as a Ray Train task: checkpoints, metrics.jsonl, evaluation.json, plots.
+
+    With --sweep, runs the (layer x position) sweep instead and takes the options of `raypipe sweep`.
+    """
+    try:
+        from raypipe.probes.linear import run_train
+
+        evaluation = run_train(TrainConfig(
+            data_dir=data_dir, out_dir=out_dir, label=label, task_type=task_type, seed=seed, resamples=resamples,
+            layer=layer, position=position, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            val_fraction=val_fraction, standardize=standardize, num_workers=num_workers, wandb_project=wandb_project))
+    except UserError as exc:
+        _fail(str(exc))
+    test = evaluation.get("test", {}).get("significance", {})
+    typer.echo(f"best epoch {evaluation['best_epoch']} (by {evaluation['selected_on']} {evaluation['metric']}): test "
+               f"{evaluation['metric']} {_fmt(test.get('value'))} (95% CI {_fmt((test.get('ci95') or [None])[0])}.."
+               f"{_fmt((test.get('ci95') or [None, None])[1])}, p={_fmt(test.get('p_value'))}). Wrote {out_dir}")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+app.command("train")(train)
+app.command("sweep")(sweep)
+
+
+def _sweep_requested(argv: list[str]) -> bool:
+    return "--sweep" in argv
+
+
+def train_app() -> None:
+    """Entry point of `python -m raypipe.train`: the train command, or the sweep when --sweep is given."""
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single.command()(sweep if _sweep_requested(sys.argv) else train)
+    single(args=[a for a in sys.argv[1:] if a != "--sweep"])
+
+
 def build_app() -> None:
     """Entry point of `python -m raypipe.build`: the build command alone."""
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -133,7 +229,10 @@ def build_app() -> None:
 
 
 def main() -> None:
-    app()
+    args = sys.argv[1:]
+    if args[:1] == ["train"] and _sweep_requested(args):  # `raypipe train --sweep ...` is `raypipe sweep ...`
+        args = ["sweep"] + [a for a in args[1:] if a != "--sweep"]
+    app(args=args)
 
 
 if __name__ == "__main__":

@@ -124,8 +124,13 @@ def _complete_entries(out_dir: str, split: str) -> list[dict[str, Any]]:
     return [{**entry, "split": split} for entry in entries]
 
 
-def load_split(out_dir: str, split: str, verify: bool = True) -> dict[str, Any]:
-    """Read every complete shard of a split, in shard order, as concatenated torch tensors."""
+def load_split(out_dir: str, split: str, verify: bool = True, layers: list[int] | None = None,
+               positions: list[int] | None = None) -> dict[str, Any]:
+    """Read every complete shard of a split, in shard order, as concatenated torch tensors.
+
+    `layers` and `positions` (indices into the stored feature axes) keep only those features, shard by shard, so a
+    probe on one (layer, position) never holds a whole build's features in memory.
+    """
     import torch
     from safetensors.torch import load
 
@@ -133,17 +138,21 @@ def load_split(out_dir: str, split: str, verify: bool = True) -> dict[str, Any]:
     parts: dict[str, list] = {}
     for entry in _complete_entries(out_dir, split):
         for key, tensor in load(_read_shard_file(location, entry, ".safetensors", verify)).items():
+            if key == "features" and layers is not None:
+                tensor = tensor[:, layers]
+            if key == "features" and positions is not None:
+                tensor = tensor[:, :, positions]
             parts.setdefault(key, []).append(tensor)
     return {key: torch.cat(tensors) for key, tensors in parts.items()}
 
 
-def load_rollouts(out_dir: str, split: str, verify: bool = True):
-    """Read the rollout sidecars of every complete shard of a split as one pyarrow table."""
+def load_rollouts(out_dir: str, split: str, verify: bool = True, columns: list[str] | None = None):
+    """Read the rollout sidecars of every complete shard of a split as one pyarrow table (optionally some columns)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     location = Location(str(out_dir))
     return pa.concat_tables([
-        pq.read_table(pa.BufferReader(_read_shard_file(location, entry, ".parquet", verify)))
+        pq.read_table(pa.BufferReader(_read_shard_file(location, entry, ".parquet", verify)), columns=columns)
         for entry in _complete_entries(out_dir, split)
     ])

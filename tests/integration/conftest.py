@@ -4,8 +4,9 @@ import torch
 from raypipe.store import load_rollouts, load_split
 from tests.conftest import run_cli
 
-# A small build on the embedded default: 20 built-in prompts, 3 layers x 2 positions, shards of 6 rows.
-BUILD_ARGS = ["--preset", "smollm2_135m", "--builtin-size", "20", "--shard-size", "6", "--max-tokens", "48",
+# A small build on the embedded default: 20 built-in prompts, 3 layers x 2 positions, shards of 6 rows; 128 tokens
+# make two of the 18 train trajectories loop, so probes have both classes.
+BUILD_ARGS = ["--preset", "smollm2_135m", "--builtin-size", "20", "--shard-size", "6", "--max-tokens", "128",
               "--layers", "0,15,-1", "--positions", "-3,-1"]
 
 

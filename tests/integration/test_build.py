@@ -17,7 +17,7 @@ def test_every_planned_shard_is_complete_and_verified(local_build):
     assert sorted(shards["test"]) == ["shard-00000"]
     assert all(s["status"] == "complete" for split in shards.values() for s in split.values())
     assert manifest["features"]["layers"] == [0, 15, 30] and manifest["features"]["positions"] == [-3, -1]
-    assert manifest["model"]["local_path"] and manifest["config"]["model"]["max_tokens"] == 48
+    assert manifest["model"]["local_path"] and manifest["config"]["model"]["max_tokens"] == 128
     train, test = load_split(local_build, "train"), load_split(local_build, "test")  # checks every sha256
     assert train["features"].shape == (18, 3, 2, 576) and test["features"].shape == (2, 3, 2, 576)
     assert sorted(train["row_id"].tolist() + test["row_id"].tolist()) == list(range(20))
@@ -45,7 +45,7 @@ def test_stored_prompts_are_what_the_model_saw(local_build, tokenizer):
         assert row["prompt"].endswith("<|im_start|>assistant\n")
         assert tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] == row["prompt_token_ids"]
         (sample_ids,), (text,) = row["token_ids"], row["text"]
-        assert 0 < len(sample_ids) <= 48 and text == tokenizer.decode(sample_ids, skip_special_tokens=True)
+        assert 0 < len(sample_ids) <= 128 and text == tokenizer.decode(sample_ids, skip_special_tokens=True)
 
 
 def test_labels_equal_the_detector_on_the_stored_rollouts(local_build):

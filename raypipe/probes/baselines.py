@@ -1,0 +1,56 @@
+"""What a probe must beat: the class prior (or the mean, for regression) and a probe on prompt length alone.
+
+Each baseline is fitted on exactly the rows a probe is fitted on (the same CV folds, then all train rows), so its
+CV and test scores stand beside the probe's as equals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raypipe.probes.metrics import TaskType, json_safe, score, significance
+
+
+def _length_model(task: TaskType):
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression() if task == "classification" else LinearRegression())
+
+
+def _predict(model, lengths: np.ndarray, task: TaskType) -> np.ndarray:
+    x = lengths[:, None]
+    return model.predict_proba(x)[:, 1] if task == "classification" else model.predict(x)
+
+
+def fit_predict_baseline(name: str, train_x, train_y, eval_x, task: TaskType) -> np.ndarray:
+    if name == "prior":
+        return np.full(len(eval_x), float(np.mean(train_y)))
+    if len(np.unique(train_y)) < 2:  # a fold with one class: the length probe degenerates to the prior
+        return np.full(len(eval_x), float(np.mean(train_y)))
+    return _predict(_length_model(task).fit(train_x[:, None], train_y), eval_x, task)
+
+
+def evaluate_baselines(train_lengths: np.ndarray, train_y: np.ndarray, test_lengths: np.ndarray | None,
+                       test_y: np.ndarray | None, task: TaskType, block_of_row: np.ndarray | None,
+                       resamples: int = 1000, seed: int = 0) -> dict:
+    """CV score (mean over folds), train score and test score with significance, for each baseline."""
+    results = {}
+    for name in ("prior", "prompt_length"):
+        entry: dict = {"description": {
+            "prior": "constant prediction: the train rows' mean label (class prior for classification)",
+            "prompt_length": "a probe on the prompt's token count alone (standardized, with intercept)",
+        }[name]}
+        if block_of_row is not None:
+            folds = [score(fit_predict_baseline(name, train_lengths[block_of_row != k], train_y[block_of_row != k],
+                                        train_lengths[block_of_row == k], task), train_y[block_of_row == k], task)
+                     for k in range(int(block_of_row.max()) + 1)]
+            entry["cv"] = float(np.mean(folds))
+        entry["train"] = score(fit_predict_baseline(name, train_lengths, train_y, train_lengths, task), train_y, task)
+        if test_y is not None and len(test_y):
+            predictions = fit_predict_baseline(name, train_lengths, train_y, test_lengths, task)
+            entry["test"] = score(predictions, test_y, task)
+            entry["test_significance"] = significance(predictions, test_y, task, resamples=resamples, seed=seed)
+        results[name] = json_safe(entry)
+    return results

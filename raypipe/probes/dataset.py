@@ -1,0 +1,141 @@
+"""A build's shards as probe inputs: features at chosen (layer, position)s, one label, and the prompt lengths.
+
+Every user mistake here (no manifest, a label that does not exist, a single-class label, a layer or position that
+was not extracted) is a `UserError` naming what does exist, raised before any training starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from raypipe.errors import UserError
+from raypipe.probes.metrics import TaskType
+from raypipe.store import LABEL_PREFIX, load_rollouts, load_split, read_manifest
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class ProbeSplit:
+    features: "object"  # torch.Tensor [rows, layers, positions, hidden] (float32)
+    labels: np.ndarray  # float64 [rows]
+    row_id: np.ndarray  # int64 [rows]
+    prompt_length: np.ndarray  # float64 [rows], tokens: the length baseline's only input
+
+
+@dataclass
+class ProbeData:
+    label: str
+    task: TaskType
+    layers: list[int]  # indices into HF hidden_states, as the manifest records them
+    positions: list[int]  # negative, from the prompt's end
+    splits: dict[str, ProbeSplit]
+    dropped: dict[str, int] = field(default_factory=dict)  # rows without a label value (NaN), per split
+
+    @property
+    def train(self) -> ProbeSplit:
+        return self.splits["train"]
+
+    @property
+    def test(self) -> ProbeSplit | None:
+        return self.splits.get("test")
+
+
+def label_names(manifest: dict) -> list[str]:
+    return sorted(manifest.get("labels", {}))
+
+
+def resolve_layers(manifest: dict, requested: list[int] | None) -> list[int]:
+    """Indices into the stored layer axis for requested hidden-state indices (negative counts from the end)."""
+    stored = manifest["features"]["layers"]
+    if requested is None:
+        return list(range(len(stored)))
+    total = manifest["model"]["num_layers"] + 1  # hidden states: embeddings + one per decoder layer
+    indices = []
+    for layer in requested:
+        absolute = layer % total if -total <= layer < total else None
+        if absolute is None or absolute not in stored:
+            raise UserError(f"layer {layer} is out of range: this build stored hidden-state layers "
+                            f"{', '.join(map(str, stored))} (of 0..{total - 1}; -1 = {total - 1})")
+        indices.append(stored.index(absolute))
+    return indices
+
+
+def resolve_positions(manifest: dict, requested: list[int] | None) -> list[int]:
+    stored = manifest["features"]["positions"]
+    if requested is None:
+        return list(range(len(stored)))
+    indices = []
+    for position in requested:
+        if position not in stored:
+            raise UserError(f"position {position} is out of range: this build stored positions "
+                            f"{', '.join(map(str, stored))}")
+        indices.append(stored.index(position))
+    return indices
+
+
+def infer_task(values: np.ndarray, requested: str = "auto") -> TaskType:
+    """Classification when every value is 0 or 1 (or when asked for), regression otherwise."""
+    binary = bool(np.isin(values, (0.0, 1.0)).all())
+    if requested == "auto":
+        return "classification" if binary else "regression"
+    if requested == "classification" and not binary:
+        distinct = np.unique(values)
+        raise UserError(f"--task-type classification needs a 0/1 label; this one has {len(distinct)} distinct values "
+                        f"(e.g. {', '.join(f'{v:g}' for v in distinct[:4])})")
+    if requested not in ("classification", "regression"):
+        raise UserError(f"--task-type must be auto, regression or classification, got {requested!r}")
+    return requested  # type: ignore[return-value]
+
+
+def load_probe_data(data_dir: str, label: str | None = None, layers: list[int] | None = None,
+                    positions: list[int] | None = None, task_type: str = "auto") -> ProbeData:
+    """Load train and test splits for probing; `layers`/`positions` as hidden-state indices / negative offsets."""
+    manifest = read_manifest(data_dir)
+    names = label_names(manifest)
+    if not names:
+        raise UserError(f"{data_dir} has no labels in its manifest")
+    label = label or ("loop" if "loop" in names else names[0])
+    if label not in names:
+        raise UserError(f"label {label!r} does not exist in {data_dir}; labels: {', '.join(names)}")
+    layer_idx, position_idx = resolve_layers(manifest, layers), resolve_positions(manifest, positions)
+
+    splits: dict[str, ProbeSplit] = {}
+    dropped: dict[str, int] = {}
+    for split in SPLITS:
+        if split not in manifest.get("splits", {}):
+            continue
+        tensors = load_split(data_dir, split, layers=layer_idx, positions=position_idx)
+        key = LABEL_PREFIX + label
+        if key not in tensors:
+            raise UserError(f"label {label!r} is in the manifest of {data_dir} but not in its {split} shards")
+        values = tensors[key].double().numpy()
+        keep = ~np.isnan(values)
+        dropped[split] = int((~keep).sum())
+        lengths = load_rollouts(data_dir, split, columns=["prompt_token_ids"])["prompt_token_ids"]
+        import pyarrow.compute as pc
+
+        splits[split] = ProbeSplit(
+            features=tensors["features"][keep].float(),
+            labels=values[keep],
+            row_id=tensors["row_id"].numpy()[keep],
+            prompt_length=pc.list_value_length(lengths).to_numpy().astype(np.float64)[keep],
+        )
+    if "train" not in splits or len(splits["train"].labels) == 0:
+        raise UserError(f"{data_dir} has no labelled train rows for {label!r}")
+
+    task = infer_task(splits["train"].labels, task_type)
+    if task == "classification":
+        classes = np.unique(splits["train"].labels)
+        if len(classes) < 2:
+            raise UserError(f"label {label!r} has a single class ({classes[0]:g}) in the train split of {data_dir}: "
+                            f"a probe needs both classes")
+    elif math.isclose(float(np.std(splits["train"].labels)), 0.0):
+        raise UserError(f"label {label!r} is constant in the train split of {data_dir}: nothing to regress")
+    stored_layers = manifest["features"]["layers"]
+    stored_positions = manifest["features"]["positions"]
+    return ProbeData(label=label, task=task, layers=[stored_layers[i] for i in layer_idx],
+                     positions=[stored_positions[i] for i in position_idx], splits=splits, dropped=dropped)

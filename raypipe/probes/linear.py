@@ -1,0 +1,259 @@
+"""loop_probe's trainer as a Ray Train task: one linear probe on one (layer, position), weighted BCE or MSE.
+
+    python -m raypipe.train --data-dir runs/demo --out-dir runs/demo-probe [--label loop] [--layer -1 --position -1]
+                            [--wandb-project P]
+
+The driver loads and checks the inputs (clear errors before any Ray work), puts the arrays in the object store and
+starts a TorchTrainer (one worker by default, a GPU when the cluster has one). Rank 0 writes, to --out-dir:
+  best.safetensors, last.safetensors   the probe (weight, bias, feature mean/std), safetensors metadata says which
+  probe_config.json                    everything needed to apply it again (label, layer, position, task, epoch)
+  metrics.jsonl                        one line per epoch: loss and ROC-AUC/PR-AUC/accuracy/F1 (or Spearman/MSE)
+  evaluation.json                      best probe on test: score, bootstrap CI, permutation p-value, baselines
+  loss_curves.png, roc_best_probe.png
+W&B logs every epoch when --wandb-project is given: the key comes from the environment or a `.env` file and is
+never printed or saved; without a key the run is offline, under OUT/wandb.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from raypipe.config import TrainConfig
+from raypipe.fs import Location
+from raypipe.probes.metrics import TaskType, json_safe, metric_name, report, significance
+
+CHECKPOINT_KEYS = ("weight", "bias", "feature_mean", "feature_std")
+
+
+# --- the probe and its checkpoint ----------------------------------------------------------------------------------
+
+def probe_state(linear, mean, std) -> dict:
+    return {"weight": linear.weight.detach().cpu().contiguous(), "bias": linear.bias.detach().cpu().contiguous(),
+            "feature_mean": mean.cpu().contiguous(), "feature_std": std.cpu().contiguous()}
+
+
+def load_probe(path: str):
+    """A saved probe as a function: features [n, H] -> logits [n] (probabilities via sigmoid for classification)."""
+    import torch
+    from safetensors.torch import load
+
+    state = load(Location(os.path.dirname(path) or ".").read_bytes(os.path.basename(path)))
+
+    def apply(features: "torch.Tensor") -> "torch.Tensor":
+        x = (features.float() - state["feature_mean"]) / state["feature_std"]
+        return x @ state["weight"][0] + state["bias"][0]
+
+    return apply
+
+
+# --- the Ray Train worker ------------------------------------------------------------------------------------------
+
+def _split_validation(labels: np.ndarray, fraction: float, task: TaskType, seed: int):
+    """Indices (fit, validation) of the train rows; stratified for classification."""
+    from sklearn.model_selection import train_test_split
+
+    rows = np.arange(len(labels))
+    if fraction == 0:
+        return rows, rows[:0]
+    stratify = labels if task == "classification" and np.bincount(labels.astype(int)).min() >= 2 else None
+    return train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
+
+
+def _wandb_run(config: dict, out_dir: str):
+    """A W&B run on rank 0 when a project is given; offline (files under out_dir/wandb) without an API key."""
+    if not config.get("wandb_project"):
+        return None
+    import wandb
+    from dotenv import load_dotenv
+
+    load_dotenv(override=False)  # WANDB_API_KEY from ./.env; the environment wins; never logged or saved
+    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):  # the user's own switch wins
+        mode = os.environ["WANDB_MODE"]
+    location = Location(out_dir)
+    wandb_dir = location.root if location.local else None  # object stores: wandb's default folder
+    if wandb_dir:
+        os.makedirs(wandb_dir, exist_ok=True)
+    safe_config = {k: v for k, v in config.items() if not k.startswith("_")}
+    return wandb.init(project=config["wandb_project"], dir=wandb_dir, mode=mode, config=safe_config,
+                      name=os.path.basename(out_dir.rstrip("/")) or None, reinit="finish_previous")
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on each Ray Train worker; rank 0 evaluates, writes the outputs and logs."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    torch.manual_seed(config["seed"])
+    rank = ray.train.get_context().get_world_rank()
+    arrays = ray.get(config["_arrays"])
+    task: TaskType = config["_task"]
+    x_all, y_all = torch.from_numpy(arrays["train_x"]), torch.from_numpy(arrays["train_y"]).float()
+    fit_rows, val_rows = _split_validation(arrays["train_y"], config["val_fraction"], task, config["seed"])
+    mean = x_all[fit_rows].mean(0) if config["standardize"] else torch.zeros(x_all.shape[1])
+    std = x_all[fit_rows].std(0).clamp_min(1e-6) if config["standardize"] else torch.ones(x_all.shape[1])
+
+    def scaled(x):
+        return (x - mean) / std
+
+    evaluation_sets = {"train": (scaled(x_all[fit_rows]), y_all[fit_rows])}
+    if len(val_rows):
+        evaluation_sets["val"] = (scaled(x_all[val_rows]), y_all[val_rows])
+    if arrays.get("test_x") is not None and len(arrays["test_x"]):
+        evaluation_sets["test"] = (scaled(torch.from_numpy(arrays["test_x"])), torch.from_numpy(arrays["test_y"]).float())
+
+    linear = torch.nn.Linear(x_all.shape[1], 1)
+    model = ray.train.torch.prepare_model(linear)
+    device = ray.train.torch.get_device()
+    fit_x, fit_y = evaluation_sets["train"]
+    if task == "classification":
+        positives = float(fit_y.sum())
+        pos_weight = torch.tensor([(len(fit_y) - positives) / max(positives, 1.0)], device=device)
+        criterion = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)  # weighted by the class balance
+    else:
+        criterion = torch.nn.MSELoss()
+    loader = ray.train.torch.prepare_data_loader(torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(fit_x, fit_y), batch_size=config["batch_size"], shuffle=True,
+        generator=torch.Generator().manual_seed(config["seed"])))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+
+    out = Location(config["out_dir"])
+    run = _wandb_run(config, config["out_dir"]) if rank == 0 else None
+    metric = metric_name(task)
+    select_on = "val" if "val" in evaluation_sets else ("test" if "test" in evaluation_sets else "train")
+    history: list[dict] = []
+    best: dict[str, Any] = {"score": -np.inf}
+    for epoch in range(1, config["epochs"] + 1):
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        model.train()
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = criterion(model(x).squeeze(1), y)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        row: dict[str, Any] = {"epoch": epoch}
+        outputs = {}
+        with torch.no_grad():
+            for name, (x, y) in evaluation_sets.items():
+                logits = linear(x.to(device)).squeeze(1).cpu()
+                row[f"{name}_loss"] = float(criterion(logits.to(device), y.to(device)))
+                outputs[name] = torch.sigmoid(logits) if task == "classification" else logits
+                if len(y) and (task == "regression" or 0 < float(y.sum()) < len(y)):
+                    row.update({f"{name}_{k}": v for k, v in report(outputs[name].numpy(), y.numpy(), task).items()})
+        row = json_safe(row)
+        history.append(row)
+        if rank == 0:
+            out.write_atomic("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode())
+            score = row.get(f"{select_on}_{metric}")
+            if score is not None and score > best["score"]:
+                best = {"score": score, "epoch": epoch, "outputs": outputs}
+                _save_probe(out, "best.safetensors", linear, mean, std, config, epoch)
+            if run is not None:
+                run.log(row, step=epoch)
+        ray.train.report({k: v for k, v in row.items() if v is not None})
+    if rank != 0:
+        return
+    _save_probe(out, "last.safetensors", linear, mean, std, config, config["epochs"])
+    if "epoch" not in best:  # no epoch had a defined score: the last one stands in
+        best = {"score": None, "epoch": config["epochs"], "outputs": outputs}
+        _save_probe(out, "best.safetensors", linear, mean, std, config, config["epochs"])
+    evaluation = _evaluate(config, arrays, task, best, select_on, evaluation_sets)
+    out.write_atomic("probe_config.json", (json.dumps(json_safe({
+        **{k: v for k, v in config.items() if not k.startswith("_")},
+        "label": config["_label"], "task_type": task, "layer": config["_layer"], "position": config["_position"],
+        "hidden_size": int(x_all.shape[1]), "best_epoch": best["epoch"], "selected_on": f"{select_on}_{metric}",
+        "checkpoint_keys": list(CHECKPOINT_KEYS),
+    }), indent=2) + "\n").encode())
+    out.write_atomic("evaluation.json", (json.dumps(json_safe(evaluation), indent=2) + "\n").encode())
+    _train_plots(out, history, evaluation_sets, best, task, arrays)
+    if run is not None:
+        run.summary.update({k: v for k, v in evaluation.get("test", {}).items() if isinstance(v, (int, float))})
+        run.finish()
+
+
+def _save_probe(out: Location, name: str, linear, mean, std, config: dict, epoch: int) -> None:
+    from safetensors.torch import save
+
+    metadata = {"label": str(config["_label"]), "task_type": str(config["_task"]), "layer": str(config["_layer"]),
+                "position": str(config["_position"]), "epoch": str(epoch), "format": "raypipe.linear-probe/1"}
+    out.write_atomic(name, save(probe_state(linear, mean, std), metadata=metadata))
+
+
+def _evaluate(config: dict, arrays: dict, task: TaskType, best: dict, select_on: str, sets: dict) -> dict:
+    """The best epoch's probe against the baselines on test: score, bootstrap CI, permutation p-value, lift."""
+    from raypipe.probes.baselines import evaluate_baselines
+
+    evaluation: dict[str, Any] = {"best_epoch": best["epoch"], "selected_on": select_on, "metric": metric_name(task)}
+    if "test" not in sets:
+        return evaluation
+    predictions = best["outputs"]["test"].numpy()
+    labels = sets["test"][1].numpy()
+    evaluation["test"] = {**report(predictions, labels, task),
+                          "significance": significance(predictions, labels, task, config["resamples"], config["seed"])}
+    evaluation["baselines"] = evaluate_baselines(arrays["train_length"], arrays["train_y"], arrays["test_length"],
+                                                 arrays["test_y"], task, None, config["resamples"], config["seed"])
+    value = evaluation["test"]["significance"]["value"]
+    evaluation["test_lift"] = {name: (value - b["test"]) if b.get("test") is not None and value == value else None
+                               for name, b in evaluation["baselines"].items()}
+    return evaluation
+
+
+def _train_plots(out: Location, history, sets, best, task, arrays) -> None:
+    from raypipe.probes import plots
+    from raypipe.probes.baselines import fit_predict_baseline
+
+    plots.loss_curves(out, "loss_curves.png", history, [f"{name}_loss" for name in sets])
+    if "test" not in sets:
+        return
+    labels = sets["test"][1].numpy()
+    if task == "classification" and 0 < labels.sum() < len(labels):
+        length = fit_predict_baseline("prompt_length", arrays["train_length"], arrays["train_y"],
+                                      arrays["test_length"], task)
+        plots.roc_curves(out, "roc_best_probe.png", labels,
+                         {"probe": best["outputs"]["test"].numpy(), "prompt-length baseline": length},
+                         f"best probe (epoch {best['epoch']}) on test")
+
+
+# --- the driver ----------------------------------------------------------------------------------------------------
+
+def run_train(config: TrainConfig) -> dict:
+    """Check the inputs, run the TorchTrainer, return the evaluation that rank 0 wrote."""
+    import ray
+
+    from raypipe.probes.dataset import load_probe_data
+
+    data = load_probe_data(config.data_dir, config.label, [config.layer], [config.position], config.task_type)
+    arrays = {
+        "train_x": data.train.features[:, 0, 0].numpy(), "train_y": data.train.labels,
+        "train_length": data.train.prompt_length,
+        "test_x": data.test.features[:, 0, 0].numpy() if data.test is not None else None,
+        "test_y": data.test.labels if data.test is not None else None,
+        "test_length": data.test.prompt_length if data.test is not None else None,
+    }
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)  # joins RAY_ADDRESS (e.g. under `ray job submit`), else starts a local Ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    loop_config = {**dataclasses.asdict(config), "_arrays": ray.put(arrays), "_task": data.task,
+                   "_label": data.label, "_layer": data.layers[0], "_position": data.positions[0]}
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=None if use_gpu else {"CPU": 1}),
+        run_config=RunConfig(name=f"raypipe-probe-{data.label}"),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return json.loads(Location(config.out_dir).read_bytes("evaluation.json"))

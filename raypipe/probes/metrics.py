@@ -1,0 +1,156 @@
+"""Probe scores, batched over many probes at once, and the statistics that say whether a score means anything.
+
+Classification is scored by ROC-AUC, regression by Spearman correlation (the probe pipeline's selection metrics).
+Both reduce to ranks, so a whole [probes, rows] prediction matrix is scored in one call, and so are a thousand
+bootstrap resamples or label permutations of one probe.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+
+TaskType = Literal["classification", "regression"]
+
+
+def metric_name(task: TaskType) -> str:
+    return "roc_auc" if task == "classification" else "spearman"
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank) along the last axis, starting at 1."""
+    from scipy.stats import rankdata
+
+    return rankdata(values, axis=-1, method="average")
+
+
+def _auc_from_ranks(ranks: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """ROC-AUC via the Mann-Whitney U statistic; `positives` is 0/1 and broadcasts against `ranks`."""
+    n_pos = positives.sum(axis=-1)
+    n_neg = positives.shape[-1] - n_pos
+    u = (ranks * positives).sum(axis=-1) - n_pos * (n_pos + 1) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=-1, keepdims=True)
+    b = b - b.mean(axis=-1, keepdims=True)
+    denom = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (a * b).sum(axis=-1) / denom, np.nan)
+
+
+def scores(predictions: np.ndarray, targets: np.ndarray, task: TaskType) -> np.ndarray:
+    """Score every row of predictions [..., n] against targets [..., n] (broadcast): ROC-AUC or Spearman."""
+    predictions = np.asarray(predictions, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.float64)
+    if task == "classification":
+        return _auc_from_ranks(_ranks(predictions), targets)
+    return _pearson_rows(_ranks(predictions), _ranks(targets))
+
+
+def score(predictions, targets, task: TaskType) -> float:
+    return float(scores(np.asarray(predictions)[None], np.asarray(targets)[None], task)[0])
+
+
+def bootstrap_ci(predictions, targets, task: TaskType, resamples: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the score over resampled rows (resamples with one class are dropped)."""
+    predictions, targets = np.asarray(predictions, dtype=np.float64), np.asarray(targets, dtype=np.float64)
+    rows = np.random.default_rng(seed).integers(0, len(targets), size=(resamples, len(targets)))
+    values = scores(predictions[rows], targets[rows], task)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return (math.nan, math.nan)
+    tail = (1 - level) / 2 * 100
+    return (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+
+
+def _unit_rows(values: np.ndarray) -> np.ndarray:
+    centered = values - values.mean(axis=-1, keepdims=True)
+    norm = np.linalg.norm(centered, axis=-1, keepdims=True)
+    return centered / np.where(norm > 0, norm, 1.0)
+
+
+def permutation_pvalues(predictions, targets, task: TaskType, permutations: int = 1000, seed: int = 0) -> np.ndarray:
+    """One-sided p-value of each probe's score [probes, n] against its scores on the same permuted targets.
+
+    Scores are linear in the targets once the predictions are ranked, so all permutations of all probes are one
+    matrix product.
+    """
+    predictions = np.atleast_2d(np.asarray(predictions, dtype=np.float64))
+    targets = np.asarray(targets, dtype=np.float64)
+    observed = scores(predictions, targets[None], task)
+    rng = np.random.default_rng(seed)
+    order = np.stack([rng.permutation(len(targets)) for _ in range(permutations)])  # [B, n]
+    if task == "classification":
+        n_pos = targets.sum()
+        n_neg = len(targets) - n_pos
+        if n_pos == 0 or n_neg == 0:
+            return np.full(len(predictions), np.nan)
+        null = (_ranks(predictions) @ targets[order].T - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    else:
+        null = _unit_rows(_ranks(predictions)) @ _unit_rows(_ranks(targets))[order].T
+    with np.errstate(invalid="ignore"):
+        exceed = (null >= observed[:, None] - 1e-12).sum(axis=1)
+    return np.where(np.isnan(observed), np.nan, (1 + exceed) / (1 + permutations))
+
+
+def permutation_pvalue(predictions, targets, task: TaskType, permutations: int = 1000, seed: int = 0) -> float:
+    return float(permutation_pvalues(np.asarray(predictions)[None], targets, task, permutations, seed)[0])
+
+
+def classification_report(probabilities, targets, threshold: float = 0.5) -> dict[str, float]:
+    """ROC-AUC, PR-AUC (average precision), accuracy and F1 of probabilities for a 0/1 target."""
+    from sklearn.metrics import accuracy_score, average_precision_score, f1_score
+
+    probabilities, targets = np.asarray(probabilities, dtype=np.float64), np.asarray(targets).astype(int)
+    one_class = len(np.unique(targets)) < 2
+    predicted = (probabilities >= threshold).astype(int)
+    return {
+        "roc_auc": score(probabilities, targets, "classification"),
+        "pr_auc": math.nan if one_class else float(average_precision_score(targets, probabilities)),
+        "accuracy": float(accuracy_score(targets, predicted)),
+        "f1": float(f1_score(targets, predicted, zero_division=0.0)),
+    }
+
+
+def regression_report(predictions, targets) -> dict[str, float]:
+    predictions, targets = np.asarray(predictions, dtype=np.float64), np.asarray(targets, dtype=np.float64)
+    return {
+        "spearman": score(predictions, targets, "regression"),
+        "mse": float(np.mean((predictions - targets) ** 2)),
+    }
+
+
+def report(predictions, targets, task: TaskType) -> dict[str, float]:
+    return classification_report(predictions, targets) if task == "classification" else \
+        regression_report(predictions, targets)
+
+
+def significance(predictions, targets, task: TaskType, resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """The score with its bootstrap 95% interval and permutation p-value: what a reader needs to trust it."""
+    low, high = bootstrap_ci(predictions, targets, task, resamples=resamples, seed=seed)
+    return {
+        "metric": metric_name(task),
+        "value": score(predictions, targets, task),
+        "ci95": [low, high],
+        "p_value": permutation_pvalue(predictions, targets, task, permutations=resamples, seed=seed),
+        "resamples": resamples,
+    }
+
+
+def json_safe(value):
+    """NaN and infinities become None so that the JSON outputs stay standard JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value

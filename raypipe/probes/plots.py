@@ -1,0 +1,90 @@
+"""PNG pictures of a probe run: the CV score over layer x position, the best probe's ROC curve, loss curves.
+
+Figures are rendered to bytes and written through `Location`, so they land beside the JSON outputs on any
+filesystem the build supports.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from raypipe.fs import Location
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(location: Location, name: str, figure) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    _figure().close(figure)
+    location.write_atomic(name, buffer.getvalue())
+
+
+def score_heatmap(location: Location, name: str, cv_scores: np.ndarray, layers: list[int], positions: list[int],
+                  metric: str, best: tuple[int, int]) -> None:
+    """cv_scores [positions, layers]; the best cell is outlined."""
+    plt = _figure()
+    figure, axis = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), max(2.5, 0.5 * len(positions) + 1.5)))
+    image = axis.imshow(np.ma.masked_invalid(cv_scores), aspect="auto", cmap="viridis")
+    axis.set_xticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
+    axis.set_yticks(range(len(positions)), [str(p) for p in positions])
+    axis.set_xlabel("layer (hidden-state index)")
+    axis.set_ylabel("position")
+    pos, layer = best
+    axis.add_patch(plt.Rectangle((layer - 0.5, pos - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    figure.colorbar(image, ax=axis, label=f"CV {metric}")
+    axis.set_title(f"CV {metric} per (layer, position); best outlined")
+    _save(location, name, figure)
+
+
+def roc_curves(location: Location, name: str, targets: np.ndarray, curves: dict[str, np.ndarray], title: str) -> None:
+    """One ROC curve per named prediction vector against the same 0/1 targets."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _figure()
+    figure, axis = plt.subplots(figsize=(5, 5))
+    for label, predictions in curves.items():
+        fpr, tpr, _ = roc_curve(targets, predictions)
+        axis.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(targets, predictions):.3f})")
+    axis.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate")
+    axis.set_title(title)
+    axis.legend(loc="lower right", fontsize=8)
+    _save(location, name, figure)
+
+
+def prediction_scatter(location: Location, name: str, targets: np.ndarray, predictions: np.ndarray,
+                       title: str) -> None:
+    """Regression's counterpart of the ROC curve: predicted against true values."""
+    plt = _figure()
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.scatter(targets, predictions, s=8, alpha=0.6)
+    axis.set_xlabel("label")
+    axis.set_ylabel("prediction")
+    axis.set_title(title)
+    _save(location, name, figure)
+
+
+def loss_curves(location: Location, name: str, history: list[dict], keys: list[str]) -> None:
+    """Per-epoch curves of the given metrics.jsonl keys (missing values are skipped)."""
+    plt = _figure()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for key in keys:
+        points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+        if points:
+            axis.plot(*zip(*points), marker="o", markersize=3, label=key)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("loss")
+    axis.legend()
+    axis.set_title("loss per epoch")
+    _save(location, name, figure)

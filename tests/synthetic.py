@@ -1,0 +1,58 @@
+"""A probe dataset with a known answer, written by the real shard writer: the label is the sign of a planted
+direction in one (layer, position) cell, every other cell is noise. Probes must find that cell and only it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from raypipe.store import FORMAT, write_manifest, write_shard
+
+
+def planted_features(rows: int, layers: int, positions: int, hidden: int, planted: tuple[int, int], seed: int,
+                     direction_seed: int = 1234, regression: bool = False):
+    """features [rows, layers, positions, hidden] and labels; the signal lives at planted = (layer, position)."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(rows, layers, positions, hidden)).astype(np.float32)
+    direction = np.random.default_rng(direction_seed).normal(size=hidden)
+    direction /= np.linalg.norm(direction)
+    signal = features[:, planted[0], planted[1]] @ direction
+    if regression:
+        labels = signal + 0.3 * rng.normal(size=rows)
+    else:
+        labels = (signal + 0.3 * rng.normal(size=rows) > 0).astype(np.float32)
+    return features, labels
+
+
+def write_planted_build(out_dir, layers=(0, 1, 2, 3), positions=(-2, -1), hidden=16, planted=(2, 1),
+                        rows=(240, 120), shard_size=100, label="planted", regression=False,
+                        extra_labels: dict | None = None, num_layers: int | None = None) -> dict:
+    """A complete build folder (manifest + safetensors shards + parquet sidecars) with a planted label."""
+    manifest = {
+        "format": FORMAT,
+        "model": {"model_id": "synthetic", "num_layers": num_layers or max(layers), "hidden_size": hidden},
+        "features": {"layers": list(layers), "positions": list(positions), "hidden_size": hidden},
+        "labels": {label: {"kind": "continuous" if regression else "binary"},
+                   **{name: {"kind": "binary"} for name in (extra_labels or {})}},
+        "splits": {},
+    }
+    row_id = 0
+    for split, count, seed in (("train", rows[0], 0), ("test", rows[1], 1)):
+        features, labels = planted_features(count, len(layers), len(positions), hidden, planted, seed,
+                                            regression=regression)
+        shards = manifest["splits"].setdefault(split, {"shards": {}})["shards"]
+        for index, start in enumerate(range(0, count, shard_size)):
+            part = slice(start, min(start + shard_size, count))
+            n = part.stop - part.start
+            ids = torch.arange(row_id, row_id + n)
+            row_id += n
+            tensors = {"features": torch.from_numpy(features[part]), "row_id": ids,
+                       f"label.{label}": torch.from_numpy(labels[part].astype(np.float32))}
+            for name, value in (extra_labels or {}).items():
+                tensors[f"label.{name}"] = torch.full((n,), float(value))
+            lengths = np.random.default_rng(seed + index).integers(5, 40, size=n)
+            rollouts = {"row_id": ids.tolist(), "prompt_token_ids": [list(range(k)) for k in lengths]}
+            entry = write_shard(str(out_dir), split, index, tensors, rollouts)
+            shards[entry["name"]] = {**entry, "status": "complete"}
+    write_manifest(str(out_dir), manifest)
+    return manifest

@@ -1,0 +1,144 @@
+"""Probe solvers, scores and the sweep on data with a known answer (no model): they must find the planted cell."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from raypipe.config import SweepConfig
+from raypipe.errors import UserError
+from raypipe.probes import metrics
+from raypipe.probes.solvers import fit_logistic, fit_ridge
+from raypipe.probes.sweep import assign_folds, fit_design, run_sweep
+from tests.synthetic import planted_features, write_planted_build
+
+
+def _problem(rows=300, hidden=24, seed=0, task="classification"):
+    features, labels = planted_features(rows, 3, 1, hidden, planted=(1, 0), seed=seed,
+                                        regression=task == "regression")
+    scale = np.exp(np.random.default_rng(5).normal(size=hidden)).astype(np.float32)  # unequal feature scales
+    X = torch.from_numpy(np.ascontiguousarray((features[:, :, 0] * scale).transpose(1, 0, 2)))
+    fold = assign_folds(labels, task, 4, seed=3)
+    return X, labels, fold
+
+
+def _sklearn_weights(x, y, task, alpha):
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if task == "classification":
+            return LogisticRegression(C=1 / alpha, fit_intercept=False, max_iter=20000, tol=1e-10).fit(x, y).coef_[0]
+        return Ridge(alpha=alpha, fit_intercept=False).fit(x, y).coef_
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_batched_solvers_reach_sklearns_optimum_for_every_probe_and_fold(task):
+    X, labels, fold = _problem(task=task)
+    block_of_row, include = fit_design(fold)
+    solve = fit_logistic if task == "classification" else fit_ridge
+    fits = solve(X, torch.from_numpy(labels).float(), block_of_row, include, alpha=0.5)
+    for probe in range(X.shape[0]):
+        for f in range(include.shape[0]):
+            rows = include[f][fold].numpy() > 0
+            x = X[probe].double().numpy()
+            expected = _sklearn_weights(x[rows], labels[rows], task, 0.5)
+            ours = fits.weights[probe, :, f].double().numpy()
+            # Same optimum: predictions agree closely on every row, held out or not.
+            assert np.abs(x @ ours - x @ expected).max() < 1e-2 * max(1.0, np.abs(x @ expected).max())
+
+
+def test_scores_equal_sklearn_and_scipy():
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80)
+    p = np.round(y + rng.normal(size=80), 1)  # rounded: ties must be handled as sklearn does
+    assert metrics.score(p, y, "classification") == pytest.approx(roc_auc_score(y, p))
+    t = rng.normal(size=80)
+    q = np.round(t + rng.normal(size=80), 1)
+    assert metrics.score(q, t, "regression") == pytest.approx(spearmanr(q, t).statistic)
+
+
+def test_significance_separates_signal_from_noise():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    signal = metrics.significance(y + rng.normal(size=200), y, "classification", resamples=500)
+    noise = metrics.significance(rng.normal(size=200), y, "classification", resamples=500)
+    assert signal["p_value"] < 0.01 and signal["ci95"][0] > 0.6
+    assert signal["ci95"][0] <= signal["value"] <= signal["ci95"][1]
+    assert noise["p_value"] > 0.01 and noise["ci95"][0] < 0.5 < noise["ci95"][1]
+
+
+def test_sweep_finds_the_planted_cell_and_writes_the_seed_outputs(tmp_path):
+    write_planted_build(tmp_path / "data")
+    performance = run_sweep(SweepConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
+                                        resamples=200))
+    assert performance["task_type"] == "classification" and performance["metric"] == "roc_auc"
+    assert (performance["best"]["layer"], performance["best"]["position"]) == (2, -1)
+    test = np.array(performance["layer_performance"]["test"])  # [position][layer]
+    assert test.shape == (2, 4) and test[1, 2] > 0.95
+    others = np.delete(test.ravel(), 1 * 4 + 2)
+    assert np.all(np.abs(others - 0.5) < 0.15)
+    assert performance["best"]["test_significance"]["p_value"] < 0.01
+    assert performance["best"]["test_lift"]["prompt_length"] > 0.3
+    assert performance["baselines"]["prior"]["test"] == 0.5
+
+    best = json.loads((tmp_path / "out" / "best_probe_predictions.json").read_text())
+    assert (best["layer"], best["position"]) == (2, -1) and len(best["test"]["predictions"]) == 120
+    assert len(best["cv"]["predictions"]) == 240 and sorted(set(best["cv"]["fold"])) == [0, 1, 2, 3, 4]
+    every = json.loads((tmp_path / "out" / "all_predictions.json").read_text())
+    assert len(every["probes"]) == 8 and "pos_-1_layer_2" in every["probes"]
+    for png in ("cv_heatmap.png", "roc_best_probe.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_cv_scores_equal_a_sklearn_loop_over_the_same_folds(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    from raypipe.probes.dataset import load_probe_data
+
+    write_planted_build(tmp_path / "data", layers=(0, 1, 2), positions=(-1,), planted=(2, 0), rows=(150, 60))
+    performance = run_sweep(SweepConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
+                                        n_folds=3, alpha=2.0, resamples=100))
+    data = load_probe_data(str(tmp_path / "data"))
+    fold = assign_folds(data.train.labels, "classification", 3, 42)
+    for layer in range(3):
+        x, y = data.train.features[:, layer, 0].double().numpy(), data.train.labels
+        fold_scores = []
+        for k in range(3):
+            model = LogisticRegression(C=0.5, fit_intercept=False, max_iter=5000).fit(x[fold != k], y[fold != k])
+            fold_scores.append(roc_auc_score(y[fold == k], model.predict_proba(x[fold == k])[:, 1]))
+        assert performance["layer_performance"]["cv"][0][layer] == pytest.approx(np.mean(fold_scores), abs=0.01)
+
+
+def test_regression_sweep_uses_ridge_and_spearman(tmp_path):
+    write_planted_build(tmp_path / "data", regression=True, label="difficulty")
+    performance = run_sweep(SweepConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
+                                        label="difficulty", resamples=100))
+    assert performance["task_type"] == "regression" and performance["metric"] == "spearman"
+    assert (performance["best"]["layer"], performance["best"]["position"]) == (2, -1)
+    assert performance["best"]["test_score"] > 0.9
+    assert (tmp_path / "out" / "predictions_best_probe.png").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(label="nope"), "label 'nope' does not exist in .*; labels: constant, planted"),
+    (dict(label="constant"), "single class"),
+    (dict(layers="7"), "layer 7 is out of range: this build stored hidden-state layers 0, 1, 2, 3"),
+    (dict(positions="-5"), "position -5 is out of range: this build stored positions -2, -1"),
+    (dict(task_type="classification", label="planted", data_dir="REGRESSION"), "needs a 0/1 label"),
+])
+def test_bad_probe_inputs_name_the_problem(tmp_path, change, message):
+    write_planted_build(tmp_path / "data", extra_labels={"constant": 1})
+    write_planted_build(tmp_path / "regression", regression=True)
+    options = {"data_dir": str(tmp_path / "data"), "out_dir": str(tmp_path / "out"), **change}
+    if options["data_dir"] == "REGRESSION":
+        options["data_dir"] = str(tmp_path / "regression")
+    with pytest.raises(UserError, match=message):
+        run_sweep(SweepConfig(**options))
+    assert not (tmp_path / "out").exists()  # nothing written before the inputs were checked
