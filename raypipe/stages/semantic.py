@@ -1,0 +1,58 @@
+"""Semantic entropy over a prompt's K samples, as in the SEP seed: cluster samples by meaning, then take the entropy
+of the cluster frequencies.
+
+Clustering is greedy, as in the SEP code: each sample joins the first cluster whose representative (its first
+member) it is equivalent to, else it opens a new cluster. Equivalence is pluggable: equal normalised answers for
+math-style prompts, bidirectional entailment with an NLI model, or cosine similarity of sentence embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Callable, Sequence
+
+
+def greedy_clusters(samples: Sequence, equivalent: Callable[[object, object], bool]) -> list[int]:
+    """Cluster id of each sample (0, 1, ... in order of first appearance)."""
+    representatives: list = []
+    ids = []
+    for sample in samples:
+        for cluster, representative in enumerate(representatives):
+            if equivalent(representative, sample):
+                ids.append(cluster)
+                break
+        else:
+            representatives.append(sample)
+            ids.append(len(representatives) - 1)
+    return ids
+
+
+def cluster_entropy(cluster_ids: Sequence[int]) -> float:
+    """Discrete entropy (nats) of the cluster frequencies: 0 when all samples agree, log K when all differ."""
+    counts = Counter(cluster_ids)
+    total = sum(counts.values())
+    return float(-sum(n / total * math.log(n / total) for n in counts.values())) if total else 0.0
+
+
+def answer_clusters(answers: Sequence[str | None]) -> list[int]:
+    """Clusters by equal normalised final answers; samples without an answer each stand alone."""
+    tagged = [(i, a) for i, a in enumerate(answers)]
+    return greedy_clusters(tagged, lambda x, y: x[1] is not None and x[1] == y[1])
+
+
+def best_split_threshold(values: Sequence[float]) -> float:
+    """The threshold that splits the values into two groups with the least total squared deviation (SEP's
+    'best split'); the midpoint between the two neighbouring values it falls between."""
+    ordered = sorted(values)
+    if len(ordered) < 2 or ordered[0] == ordered[-1]:
+        return ordered[0] if ordered else 0.0
+    best, best_cost = ordered[0], math.inf
+    for i in range(1, len(ordered)):
+        if ordered[i] == ordered[i - 1]:
+            continue
+        low, high = ordered[:i], ordered[i:]
+        cost = sum((v - sum(low) / len(low)) ** 2 for v in low) + sum((v - sum(high) / len(high)) ** 2 for v in high)
+        if cost < best_cost:
+            best, best_cost = (ordered[i - 1] + ordered[i]) / 2, cost
+    return best
