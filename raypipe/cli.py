@@ -197,7 +197,7 @@ def train(
     except UserError as exc:
         _fail(str(exc))
     test = evaluation.get("test", {}).get("significance", {})
-    typer.echo(f"best epoch {evaluation['best_epoch']} (by {evaluation['selected_on']} {evaluation['metric']}): test "
+    typer.echo(f"best epoch {evaluation['best_epoch']} (selected on {evaluation['selected_on']}): test "
                f"{evaluation['metric']} {_fmt(test.get('value'))} (95% CI {_fmt((test.get('ci95') or [None])[0])}.."
                f"{_fmt((test.get('ci95') or [None, None])[1])}, p={_fmt(test.get('p_value'))}). Wrote {out_dir}")
 

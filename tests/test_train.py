@@ -38,6 +38,7 @@ def test_ray_train_probe_finds_the_planted_direction_and_keeps_the_key_secret(pl
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert evaluation["test"]["roc_auc"] > 0.95 and evaluation["test"]["significance"]["p_value"] < 0.01
     assert evaluation["baselines"]["prior"]["test"] == 0.5 and evaluation["test_lift"]["prompt_length"] > 0.3
+    assert evaluation["selected_on"] == "val roc_auc"
     config = json.loads((out / "probe_config.json").read_text())
     assert (config["layer"], config["position"], config["label"]) == (2, -1, "planted")
 

@@ -163,14 +163,17 @@ def train_loop_per_worker(config: dict) -> None:
     if rank != 0:
         return
     _save_probe(out, "last.safetensors", linear, mean, std, config, config["epochs"])
-    if "epoch" not in best:  # no epoch had a defined score: the last one stands in
+    if "epoch" not in best:  # no epoch had a defined score (e.g. a one-class split): the last one stands in
+        select_on = f"last epoch (no {select_on} {metric}: one class)"
         best = {"score": None, "epoch": config["epochs"], "outputs": outputs}
         _save_probe(out, "best.safetensors", linear, mean, std, config, config["epochs"])
+    else:
+        select_on = f"{select_on} {metric}"
     evaluation = _evaluate(config, arrays, task, best, select_on, evaluation_sets)
     out.write_atomic("probe_config.json", (json.dumps(json_safe({
         **{k: v for k, v in config.items() if not k.startswith("_")},
         "label": config["_label"], "task_type": task, "layer": config["_layer"], "position": config["_position"],
-        "hidden_size": int(x_all.shape[1]), "best_epoch": best["epoch"], "selected_on": f"{select_on}_{metric}",
+        "hidden_size": int(x_all.shape[1]), "best_epoch": best["epoch"], "selected_on": select_on,
         "checkpoint_keys": list(CHECKPOINT_KEYS),
     }), indent=2) + "\n").encode())
     out.write_atomic("evaluation.json", (json.dumps(json_safe(evaluation), indent=2) + "\n").encode())

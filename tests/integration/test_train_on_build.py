@@ -18,6 +18,8 @@ def test_train_and_sweep_run_on_an_embedded_build(local_build, tmp_path):
     assert (config["layer"], config["position"], config["label"], config["hidden_size"]) == (15, -3, "loop", 576)
     assert len((probe / "metrics.jsonl").read_text().splitlines()) == 5
     assert (probe / "best.safetensors").exists() and (probe / "last.safetensors").exists()
+    # Both test rows are of one class, so no epoch has a test ROC-AUC: the last epoch stands in, and says so.
+    assert json.loads((probe / "evaluation.json").read_text())["selected_on"] == "last epoch (no test roc_auc: one class)"
 
     sweep = tmp_path / "sweep"
     result = run_cli("raypipe.train", "--sweep", "--data-dir", str(local_build), "--out-dir", str(sweep),
