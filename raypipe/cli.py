@@ -11,8 +11,8 @@ from typing import Optional
 
 import typer
 
-from raypipe.config import (PRESETS, BuildConfig, FeatureConfig, SourceConfig, SweepConfig, TrainConfig,
-                            apply_overrides, get_preset)
+from raypipe.config import (PRESETS, BuildConfig, FeatureConfig, LabelConfig, SourceConfig, SweepConfig,
+                            TrainConfig, apply_overrides, get_preset)
 from raypipe.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -47,7 +47,26 @@ def build(
                                                     "instead of skipping it."),
     # features and shards
     layers: str = typer.Option("-1", help="'all', '-1' or '0,5,-1' (indices into hidden_states, 0 = embeddings)."),
-    positions: str = typer.Option("-1", help="Prompt positions from the end: '-1' or '-3,-2,-1'."),
+    positions: str = typer.Option("-1", help="Prompt positions: offsets from the end ('-3,-1'), 'eoi' (the chat "
+                                             "template's post-instruction tokens), 'marker:TEXT' (last token of TEXT)."),
+    eoi_tokens: Optional[int] = typer.Option(None, help="Override the detected number of post-instruction tokens."),
+    missing_marker: str = typer.Option("skip", help="A prompt without the marker: 'skip' (and count) or 'fail'."),
+    # labels
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="K samples per prompt (vLLM n)."),
+    answer_field: Optional[str] = typer.Option(None, help="Column of reference answers: correct, success_rate "
+                                                          "(the built-in source has answers)."),
+    label_column: list[str] = typer.Option([], "--label-column", help="Source column stored as a label, as given "
+                                                                      "(repeatable)."),
+    semantic_method: str = typer.Option("auto", help="Semantic-entropy clustering: auto (answer equality when rows "
+                                                     "have answers, else embeddings), answer, nli, embedding, off."),
+    nli_model: Optional[str] = typer.Option(None, help="NLI model (local path or hub id) for --semantic-method nli."),
+    embedding_model: str = typer.Option("embedded:all-MiniLM-L6-v2", help="Sentence-embedding model (path or hub "
+                                                                           "id) for the cosine fallback."),
+    similarity_threshold: float = typer.Option(0.9, help="Cosine similarity at which two samples mean the same."),
+    se_threshold: Optional[float] = typer.Option(None, help="semantic_entropy_high = entropy > this; default: the "
+                                                            "best split of the train values, found after the build."),
+    entropy_top_k: Optional[int] = typer.Option(None, help="Top-k logprobs behind the entropy/logprob baselines "
+                                                           "(0: off)."),
     shard_size: int = typer.Option(64, help="Rows per shard: the unit of work, retry and resume."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output folder built with another config."),
     max_retries: int = typer.Option(2, help="Retries of a shard's failing stage before it is marked failed."),
@@ -77,7 +96,7 @@ def build(
             dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
             trust_remote_code=trust_remote_code, loop_n=loop_n, loop_k=loop_k, prefill_actors=prefill_actors,
-            prefill_batch_tokens=prefill_batch_tokens,
+            prefill_batch_tokens=prefill_batch_tokens, num_samples=num_samples, entropy_top_k=entropy_top_k,
         ))
         config = BuildConfig(
             out_dir=out_dir, model=model, shard_size=shard_size, max_retries=max_retries,
@@ -85,9 +104,12 @@ def build(
                                 test_split=test_split, prompt_field=prompt_field, id_field=id_field,
                                 test_fraction=test_fraction,
                                 seed=seed, max_samples=max_samples, chat_template=chat_template,
-                                truncate_long_prompts=truncate_long_prompts,
-                                builtin_size=builtin_size),
-            features=FeatureConfig(layers=layers, positions=positions),
+                                truncate_long_prompts=truncate_long_prompts, answer_field=answer_field,
+                                label_columns=list(label_column), builtin_size=builtin_size),
+            features=FeatureConfig(layers=layers, positions=positions, eoi_tokens=eoi_tokens,
+                                   missing_marker=missing_marker),
+            labels=LabelConfig(semantic_method=semantic_method, nli_model=nli_model, embedding_model=embedding_model,
+                               similarity_threshold=similarity_threshold, se_threshold=se_threshold),
         )
         from raypipe.build import run_build
 
@@ -172,7 +194,7 @@ def train(
     data_dir: str = DATA_DIR, out_dir: str = OUT_DIR, label: Optional[str] = LABEL, task_type: str = TASK_TYPE,
     seed: int = SEED, resamples: int = RESAMPLES,
     layer: int = typer.Option(-1, "--layer", help="Hidden-state index (0 = embeddings, -1 = last layer)."),
-    position: int = typer.Option(-1, "--position", help="Prompt position from the end."),
+    position: str = typer.Option("-1", "--position", help="Stored prompt position: '-1', or 'marker:TEXT'."),
     epochs: int = typer.Option(50, "--epochs"),
     batch_size: int = typer.Option(256, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr"),
@@ -192,7 +214,7 @@ def train(
 
         evaluation = run_train(TrainConfig(
             data_dir=data_dir, out_dir=out_dir, label=label, task_type=task_type, seed=seed, resamples=resamples,
-            layer=layer, position=position, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            layer=layer, position=int(position) if position.lstrip("-").isdigit() else position, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
             val_fraction=val_fraction, standardize=standardize, num_workers=num_workers, wandb_project=wandb_project))
     except UserError as exc:
         _fail(str(exc))

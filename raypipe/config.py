@@ -36,13 +36,15 @@ class ModelConfig:
     max_tokens: int = 30000
     loop_n: int = 30  # loop label: some n-gram of the generated ids ...
     loop_k: int = 20  # ... occurs at least k times (loop_probe's 30 and 20)
+    num_samples: int = 1  # K samples per prompt (vLLM's n); labels over samples need K >= 2
+    entropy_top_k: int = 20  # top-k logprobs per generated token for the entropy/logprob baselines (0: off)
     prefill_actors: int = 1  # Transformers actors computing hidden states
     prefill_batch_tokens: int = 16384  # token budget of one length-sorted prefill batch
     description: str = ""
 
     def __post_init__(self) -> None:
         for name in ("tp", "dp", "max_model_len", "max_num_seqs", "max_tokens", "loop_n", "loop_k",
-                     "prefill_actors", "prefill_batch_tokens"):
+                     "prefill_actors", "prefill_batch_tokens", "num_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -105,6 +107,8 @@ class SourceConfig:
     max_samples: int | None = None
     chat_template: bool = True  # apply the model's chat template to raw questions
     truncate_long_prompts: bool = False  # keep the last max_model_len - 1 tokens instead of skipping the row
+    answer_field: str | None = None  # reference answers for correctness ('answer' is used when a source has it)
+    label_columns: list[str] = field(default_factory=list)  # source columns carried into the shards as labels
     builtin_size: int = 200  # rows of the built-in arithmetic source
 
     def __post_init__(self) -> None:
@@ -121,16 +125,36 @@ class FeatureConfig:
     """Which hidden states are kept: layer indices into HF `hidden_states` (0 = embeddings) x prompt positions."""
 
     layers: str = "-1"  # 'all' (every decoder layer), '-1', '0,5,-1'
-    positions: str = "-1"  # counted from the prompt's end: '-1', '-3,-2,-1'
+    # Comma-separated: negative offsets from the prompt's end ('-3,-1'), 'eoi' (the tokens the chat template adds
+    # after the user turn), 'marker:TEXT' (the last token of TEXT's last occurrence in the prompt).
+    positions: str = "-1"
+    eoi_tokens: int | None = None  # override the detected number of post-instruction tokens
+    missing_marker: Literal["skip", "fail"] = "skip"  # a prompt without the marker: skip and count it, or stop
+
+    def position_specs(self) -> list[int | str]:
+        """The parsed --positions: negative ints, 'eoi', and 'marker:TEXT' entries, in order."""
+        specs: list[int | str] = []
+        for part in self.positions.split(","):
+            part = part.strip()
+            if part == "eoi" or (part.startswith("marker:") and len(part) > len("marker:")):
+                specs.append(part)
+                continue
+            try:
+                value = int(part)
+            except ValueError:
+                raise UserError(f"--positions entries must be negative integers, 'eoi' or 'marker:TEXT', got {part!r}")
+            if value >= 0:
+                raise UserError(f"--positions are counted from the prompt's end and must be negative, got {value}")
+            specs.append(value)
+        if self.missing_marker not in ("skip", "fail"):
+            raise UserError(f"--missing-marker must be skip or fail, got {self.missing_marker!r}")
+        if self.eoi_tokens is not None and self.eoi_tokens < 1:
+            raise UserError(f"--eoi-tokens must be at least 1, got {self.eoi_tokens}")
+        return specs
 
     def position_list(self) -> list[int]:
-        try:
-            positions = [int(p) for p in self.positions.split(",")]
-        except ValueError:
-            raise UserError(f"--positions must be comma-separated negative integers, got {self.positions!r}")
-        if any(p >= 0 for p in positions):
-            raise UserError(f"--positions are counted from the prompt's end and must be negative, got {positions}")
-        return positions
+        """The fixed negative offsets (for builds that use neither eoi nor markers)."""
+        return [p for p in self.position_specs() if isinstance(p, int)]
 
     def layer_list(self, num_layers: int) -> list[int]:
         """Resolve to non-negative indices into the num_layers + 1 hidden states (embeddings first)."""
@@ -151,12 +175,37 @@ class FeatureConfig:
         return resolved
 
 
+SemanticMethod = Literal["auto", "answer", "nli", "embedding", "off"]
+DEFAULT_EMBEDDING_MODEL = "embedded:all-MiniLM-L6-v2"
+
+
+@dataclass
+class LabelConfig:
+    """Labels over a prompt's K samples beyond `loop`: semantic entropy and how samples are judged equivalent."""
+
+    semantic_method: SemanticMethod = "auto"  # auto: answer equality when rows have answers, else embeddings
+    nli_model: str | None = None  # local path or hub id of an NLI model (bidirectional entailment)
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL  # sentence embeddings for the cosine fallback
+    similarity_threshold: float = 0.9  # cosine similarity at which two samples mean the same
+    se_threshold: float | None = None  # semantic_entropy_high = entropy > this; None: best split over train
+
+    def __post_init__(self) -> None:
+        if self.semantic_method not in ("auto", "answer", "nli", "embedding", "off"):
+            raise UserError(f"--semantic-method must be auto, answer, nli, embedding or off, got "
+                            f"{self.semantic_method!r}")
+        if self.semantic_method == "nli" and not self.nli_model:
+            raise UserError("--semantic-method nli needs --nli-model (a local path or hub id)")
+        if not -1.0 <= self.similarity_threshold <= 1.0:
+            raise UserError(f"--similarity-threshold must be in [-1, 1], got {self.similarity_threshold}")
+
+
 @dataclass
 class BuildConfig:
     out_dir: str
     model: ModelConfig
     source: SourceConfig = field(default_factory=SourceConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    labels: LabelConfig = field(default_factory=LabelConfig)
     shard_size: int = 256
     max_retries: int = 2  # a shard's stage work is tried 1 + max_retries times before the shard is marked failed
 
@@ -165,7 +214,7 @@ class BuildConfig:
             raise UserError(f"shard_size must be at least 1, got {self.shard_size}")
         if self.max_retries < 0:
             raise UserError(f"max_retries must be >= 0, got {self.max_retries}")
-        self.features.position_list()  # validate early
+        self.features.position_specs()  # validate early
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,14 +232,20 @@ def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
 TaskTypeOption = Literal["auto", "classification", "regression"]
 
 
-def _int_list(text: str | None, option: str) -> list[int] | None:
-    """'-1' or '0,15,-1' as integers; None or 'all' keeps everything stored."""
+def _int_list(text: str | None, option: str, allow_markers: bool = False) -> list | None:
+    """'-1' or '0,15,-1' as integers (and 'marker:TEXT' entries where allowed); None or 'all' keeps all stored."""
     if text is None or text.strip() == "all":
         return None
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise UserError(f"{option} must be 'all' or comma-separated integers, got {text!r}")
+    values: list = []
+    for part in text.split(","):
+        if allow_markers and part.strip().startswith("marker:"):
+            values.append(part.strip())
+            continue
+        try:
+            values.append(int(part))
+        except ValueError:
+            raise UserError(f"{option} must be 'all' or comma-separated integers, got {text!r}")
+    return values
 
 
 @dataclass
@@ -238,8 +293,8 @@ class SweepConfig(ProbeInputConfig):
     def layer_list(self) -> list[int] | None:
         return _int_list(self.layers, "--layers")
 
-    def position_list(self) -> list[int] | None:
-        return _int_list(self.positions, "--positions")
+    def position_list(self) -> list | None:
+        return _int_list(self.positions, "--positions", allow_markers=True)
 
 
 @dataclass
@@ -247,7 +302,7 @@ class TrainConfig(ProbeInputConfig):
     """loop_probe's trainer: one linear probe on one (layer, position), weighted BCE (or MSE), as a Ray Train task."""
 
     layer: int = -1  # hidden-state index (0 = embeddings, -1 = last layer)
-    position: int = -1
+    position: int | str = -1  # a stored position: a negative offset or 'marker:TEXT'
     epochs: int = 50
     batch_size: int = 256
     lr: float = 1e-3

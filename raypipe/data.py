@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ class PromptRow:
     prompt: str  # exactly the text given to the model (chat template applied, when asked)
     prompt_token_ids: list[int]
     answer: str | None = None
+    columns: dict[str, float] = field(default_factory=dict)  # given label columns, carried into the shards
+    offsets: list[int] | None = None  # this row's negative offset per feature position (markers vary by row)
 
 
 # --- the built-in source -------------------------------------------------------------------------------------------
@@ -144,6 +146,10 @@ def _select(dataset, spec: str, source: SourceConfig):
     if source.id_field is not None and source.id_field not in dataset.column_names:
         raise UserError(f"id field {source.id_field!r} is not in {spec}; its columns are: "
                         f"{', '.join(dataset.column_names)}")
+    for column in ([source.answer_field] if source.answer_field else []) + list(source.label_columns):
+        if column not in dataset.column_names:
+            kind = "answer field" if column == source.answer_field else "label column"
+            raise UserError(f"{kind} {column!r} is not in {spec}; its columns are: {', '.join(dataset.column_names)}")
     if len(dataset) == 0:
         raise UserError(f"dataset {spec} is empty")
     if source.max_samples is not None:
@@ -161,7 +167,9 @@ def _select(dataset, spec: str, source: SourceConfig):
 def _rows(dataset, ids, source: SourceConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Usable rows; a missing, empty or non-string prompt is skipped and counted, never fails the build."""
     questions = dataset[source.prompt_field]
-    answers = dataset["answer"] if "answer" in dataset.column_names else None
+    answer_field = source.answer_field or ("answer" if "answer" in dataset.column_names else None)
+    answers = dataset[answer_field] if answer_field else None
+    columns = {name: dataset[name] for name in source.label_columns}
     row_ids = dataset[source.id_field] if source.id_field is not None else None
     rows, skipped = [], {}
     for i in ids:
@@ -172,8 +180,19 @@ def _rows(dataset, ids, source: SourceConfig) -> tuple[list[dict[str, Any]], dic
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
         rows.append({"row_id": i if row_ids is None else row_ids[i], "question": question,
-                     "answer": None if answers is None or answers[i] is None else str(answers[i])})
+                     "answer": None if answers is None or answers[i] is None else str(answers[i]),
+                     "columns": {name: _label_value(values[i], name) for name, values in columns.items()}})
     return rows, skipped
+
+
+def _label_value(value, column: str) -> float:
+    """A given label as a float (booleans as 0/1); a missing value is NaN, which probes skip."""
+    if value is None:
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"label column {column!r} must hold numbers or booleans, got {value!r}")
 
 
 # --- templating and tokenization -----------------------------------------------------------------------------------
@@ -194,4 +213,5 @@ def to_prompt_rows(rows: list[dict[str, Any]], tokenizer, chat_template: bool) -
         texts = [r["question"] for r in rows]
     # A templated prompt already holds its special tokens; a raw one gets the tokenizer's (e.g. BOS), as vLLM does.
     encoded = tokenizer(texts, add_special_tokens=not chat_template)["input_ids"]
-    return [PromptRow(r["row_id"], text, list(ids), r["answer"]) for r, text, ids in zip(rows, texts, encoded)]
+    return [PromptRow(r["row_id"], text, list(ids), r["answer"], r.get("columns", {}))
+            for r, text, ids in zip(rows, texts, encoded)]

@@ -16,7 +16,6 @@ from raypipe import __version__
 from raypipe.config import BuildConfig
 from raypipe.data import PromptRow
 from raypipe.errors import UserError
-from raypipe.stages.label import LABEL_DEFINITIONS
 from raypipe.fs import Location
 from raypipe.store import FORMAT, MANIFEST, read_manifest, shard_name, verify_shard, write_manifest
 
@@ -120,10 +119,7 @@ class Manifest:
                 "hidden_size": prepared.hidden_size,
                 "dtype": model.dtype if model.dtype != "auto" else "auto",
             },
-            "labels": {
-                "loop": {"kind": "binary", "definition": LABEL_DEFINITIONS["loop"],
-                         "params": {"n": model.loop_n, "k": model.loop_k}, "counts": {}},
-            },
+            "labels": prepared.labels,
             "skipped_rows": prepared.skipped,
             "splits": {},
         })

@@ -44,3 +44,41 @@ def test_invalid_n_or_k():
 def test_loop_labels_use_first_sample():
     rows = [[[1] * 10, [1, 2, 3]], [[1, 2, 3], [1] * 10]]
     assert loop_labels(rows, n=2, k=3) == [1, 0]
+
+
+# --- labels over K samples (issue 5) -------------------------------------------------------------------------------
+
+import math  # noqa: E402
+
+from raypipe.stages.label import row_labels  # noqa: E402
+
+
+def _labels(texts, samples=None, finish=None, answer="12", cluster=None):
+    samples = samples or [[1, 2, 3]] * len(texts)
+    return row_labels(samples, texts, finish or ["stop"] * len(texts), answer, loop_n=2, loop_k=3, cluster=cluster)
+
+
+def test_correctness_and_success_rate_over_samples():
+    labels = _labels(["so \\boxed{12}", "it is 12.", "\\boxed{13}", "no idea"])
+    assert labels["correct"] == 1.0 and labels["success_rate"] == 0.5
+    assert _labels(["\\boxed{13}", "12"])["correct"] == 0.0
+    assert math.isnan(_labels(["12"], answer=None)["success_rate"])  # no reference: no value, probes skip it
+
+
+def test_loop_statistics_when_every_sample_loops():
+    looping = [7, 8] * 5
+    labels = _labels(["a", "b", "c"], samples=[looping] * 3, finish=["length", "length", "stop"])
+    assert labels["loop"] == 1 and labels["loop_fraction"] == 1.0
+    assert labels["max_tokens_fraction"] == pytest.approx(2 / 3)
+
+
+def test_semantic_entropy_from_answer_clusters():
+    from raypipe.stages.answers import extract_answer, normalize_answer
+    from raypipe.stages.semantic import answer_clusters
+
+    def cluster(texts):
+        return answer_clusters([normalize_answer(extract_answer(t)) for t in texts])
+
+    assert _labels(["12", "\\boxed{12}", "12.0", "twelve is 12"], cluster=cluster)["semantic_entropy"] == 0.0
+    tied = _labels(["12", "13", "12", "13"], cluster=cluster)["semantic_entropy"]
+    assert tied == pytest.approx(math.log(2))

@@ -64,7 +64,7 @@ def resolve_layers(manifest: dict, requested: list[int] | None) -> list[int]:
     return indices
 
 
-def resolve_positions(manifest: dict, requested: list[int] | None) -> list[int]:
+def resolve_positions(manifest: dict, requested: list | None) -> list[int]:
     stored = manifest["features"]["positions"]
     if requested is None:
         return list(range(len(stored)))
@@ -92,7 +92,7 @@ def infer_task(values: np.ndarray, requested: str = "auto") -> TaskType:
 
 
 def load_probe_data(data_dir: str, label: str | None = None, layers: list[int] | None = None,
-                    positions: list[int] | None = None, task_type: str = "auto") -> ProbeData:
+                    positions: list | None = None, task_type: str = "auto") -> ProbeData:
     """Load train and test splits for probing; `layers`/`positions` as hidden-state indices / negative offsets."""
     manifest = read_manifest(data_dir)
     names = label_names(manifest)
@@ -110,9 +110,14 @@ def load_probe_data(data_dir: str, label: str | None = None, layers: list[int] |
             continue
         tensors = load_split(data_dir, split, layers=layer_idx, positions=position_idx)
         key = LABEL_PREFIX + label
-        if key not in tensors:
+        derived = manifest["labels"][label].get("derived_from")
+        if derived and key not in tensors:  # e.g. semantic_entropy_high at the best-split threshold
+            source = tensors[LABEL_PREFIX + derived].double().numpy()
+            values = np.where(np.isnan(source), np.nan, (source > manifest["labels"][label]["params"]["threshold"]))
+        elif key not in tensors:
             raise UserError(f"label {label!r} is in the manifest of {data_dir} but not in its {split} shards")
-        values = tensors[key].double().numpy()
+        else:
+            values = tensors[key].double().numpy()
         keep = ~np.isnan(values)
         dropped[split] = int((~keep).sum())
         lengths = load_rollouts(data_dir, split, columns=["prompt_token_ids"])["prompt_token_ids"]

@@ -61,26 +61,32 @@ class PrefillStage:
         self.batch_tokens = batch_tokens
         self.retries = retries
 
-    def features(self, prompt_token_ids: Sequence[Sequence[int]]):
-        """Hidden states [n, L, P, H] of the given prompts, in their order."""
+    def features(self, prompt_token_ids: Sequence[Sequence[int]], offsets: Sequence[Sequence[int]] | None = None):
+        """Hidden states [n, L, P, H] of the given prompts, in their order.
+
+        `offsets` gives each row its own negative offsets (marker positions differ by row); by default every row
+        uses the stage's fixed positions.
+        """
         import torch
 
         lengths = [len(ids) for ids in prompt_token_ids]
-        too_short = [n for n in lengths if n < -min(self.positions)]
+        if offsets is None or any(o is None for o in offsets):
+            offsets = [self.positions] * len(lengths)
+        too_short = [(n, min(o)) for n, o in zip(lengths, offsets) if n < -min(o)]
         if too_short:
-            raise ValueError(f"a prompt of {too_short[0]} tokens has no position {min(self.positions)}")
+            raise ValueError(f"a prompt of {too_short[0][0]} tokens has no position {too_short[0][1]}")
         hidden = self.model.config.hidden_size
-        out = torch.empty(len(lengths), len(self.layers), len(self.positions), hidden, dtype=self.model.dtype)
+        out = torch.empty(len(lengths), len(self.layers), len(offsets[0]), hidden, dtype=self.model.dtype)
         # Chat-templated prompts share a long prefix (system turn, role tags). Its keys and values are computed once
         # and every prompt runs only its own suffix, which must still hold every requested position.
-        shared = min(common_prefix_length(prompt_token_ids), min(lengths) + min(self.positions))
+        shared = min(common_prefix_length(prompt_token_ids), min(n + min(o) for n, o in zip(lengths, offsets)))
         prefix_cache = self._prefix_cache(prompt_token_ids[0][:shared]) if shared > 0 else None
         suffix_lengths = [n - shared for n in lengths]
         for batch in length_batches(suffix_lengths, self.batch_tokens):
             states = self._forward([prompt_token_ids[i][shared:] for i in batch], prefix_cache, shared)
             stacked = torch.stack([states[j] for j in self.layers], dim=1)  # [b, L, T, H]
             # Position p (negative) of a prompt is suffix token (suffix length + p).
-            token_index = torch.tensor([[suffix_lengths[i] + p for p in self.positions] for i in batch])  # [b, P]
+            token_index = torch.tensor([[suffix_lengths[i] + p for p in offsets[i]] for i in batch])  # [b, P]
             gather = token_index[:, None, :, None].expand(-1, len(self.layers), -1, hidden).to(stacked.device)
             out[batch] = torch.gather(stacked, 2, gather).cpu()
         return out
@@ -123,7 +129,8 @@ class PrefillStage:
         from raypipe.payload import node_id, tensor_to_numpy
 
         started = time.time()
-        shard["features"], shard["features_dtype"] = tensor_to_numpy(self.features(shard["prompt_token_ids"]))
+        shard["features"], shard["features_dtype"] = tensor_to_numpy(
+            self.features(shard["prompt_token_ids"], shard.get("offsets")))
         shard["stats"]["prefill_s"] = round(time.time() - started, 3)
         shard["stats"]["prompt_tokens"] = sum(len(ids) for ids in shard["prompt_token_ids"])
         shard["stats"]["prefill_node"] = node_id()

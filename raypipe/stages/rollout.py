@@ -19,6 +19,29 @@ def request_seed(seed: int, row_id: int) -> int:
     return (seed * 1_000_003 + row_id) % (2**31 - 1)
 
 
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if v == v]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def sample_uncertainty(token_ids, logprobs) -> tuple[float, float]:
+    """(mean log-probability of the sampled tokens, mean entropy of the top-k next-token distribution) of a sample.
+
+    The entropy is SEP's token-entropy baseline, computed over the top-k alternatives vLLM returns (a lower bound
+    of the full entropy: the tail beyond k is left out).
+    """
+    import math
+
+    if not token_ids or not logprobs:
+        return float("nan"), float("nan")
+    chosen, entropies = [], []
+    for token, alternatives in zip(token_ids, logprobs):
+        chosen.append(alternatives[token].logprob)
+        entropies.append(-sum(math.exp(lp.logprob) * lp.logprob for lp in alternatives.values()
+                              if lp.logprob > -math.inf))
+    return sum(chosen) / len(chosen), sum(entropies) / len(entropies)
+
+
 class RolloutStage:
     """Callable for `map_batches`: adds `token_ids`, `text`, `finish_reason` (one list per prompt, a sample each)."""
 
@@ -57,18 +80,25 @@ class RolloutStage:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        top_k = self.model.entropy_top_k
         params = [
             SamplingParams(n=self.num_samples, temperature=self.model.temperature, top_p=self.model.top_p,
-                           max_tokens=self.model.max_tokens, seed=request_seed(self.seed, row_id))
+                           max_tokens=self.model.max_tokens, seed=request_seed(self.seed, row_id),
+                           logprobs=top_k if top_k > 0 else None)
             for row_id in row_ids
         ]
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return {
+        result = {
             "token_ids": [[list(c.token_ids) for c in out.outputs] for out in outputs],
             "text": [[c.text for c in out.outputs] for out in outputs],
             "finish_reason": [[str(c.finish_reason) for c in out.outputs] for out in outputs],
         }
+        if top_k > 0:  # per-prompt uncertainty baselines; the per-token logprobs themselves are not kept
+            stats = [[sample_uncertainty(c.token_ids, c.logprobs) for c in out.outputs] for out in outputs]
+            result["mean_logprob"] = [_mean([s[0] for s in row]) for row in stats]
+            result["mean_token_entropy"] = [_mean([s[1] for s in row]) for row in stats]
+        return result
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from raypipe.payload import run_stage

@@ -32,12 +32,15 @@ def shard_rollouts(shard: dict[str, Any]) -> dict[str, list]:
 
 
 def label_counts(labels: dict[str, list]) -> dict[str, dict[str, int]]:
+    """Rows per class of every binary label (ints, or 0.0/1.0 floats where NaN marks a row without a value)."""
     counts: dict[str, dict[str, int]] = {}
     for name, values in labels.items():
-        if all(isinstance(v, int) for v in values):
-            for v in values:
-                counts.setdefault(name, {}).setdefault(str(v), 0)
-                counts[name][str(v)] += 1
+        present = [v for v in values if v == v]  # NaN != NaN
+        if present and all(v in (0, 1) for v in present):
+            for v in present:
+                key = str(int(v))
+                counts.setdefault(name, {}).setdefault(key, 0)
+                counts[name][key] += 1
     return counts
 
 

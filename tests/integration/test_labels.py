@@ -1,0 +1,122 @@
+"""Issue 5 on the real embedded default: K samples, correctness, semantic entropy, loop stats, baselines, given
+label columns, eoi and marker positions; and the inputs that must stop a build before anything is marked complete."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raypipe.probes.dataset import load_probe_data
+from raypipe.store import load_rollouts, load_split, read_manifest
+from tests.conftest import run_cli
+
+K = 4
+
+
+@pytest.fixture(scope="module")
+def sampled_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("k4")
+    rows = [{"question": f"What is {a} plus {b}? Put the answer in \\boxed{{}}.", "answer": str(a + b),
+             "difficulty": a / 10} for a, b in zip(range(1, 13), range(5, 17))]
+    (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = root / "out"
+    result = run_cli("raypipe.build", "--train-dataset", str(root / "prompts.jsonl"), "--prompt-field", "question",
+                     "--answer-field", "answer", "--label-column", "difficulty", "--num-samples", str(K),
+                     "--temperature", "0.8", "--top-p", "0.95", "--seed", "3", "--max-tokens", "48",
+                     "--test-fraction", "0.25", "--shard-size", "5", "--layers", "-1",
+                     "--positions", "eoi,marker:plus", "--out-dir", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def test_every_label_is_stored_with_a_definition_and_sane_values(sampled_build):
+    manifest = read_manifest(sampled_build)
+    labels = manifest["labels"]
+    expected = {"loop", "loop_fraction", "max_tokens_fraction", "correct", "success_rate", "semantic_entropy",
+                "semantic_entropy_high", "mean_logprob", "mean_token_entropy", "difficulty"}
+    assert set(labels) == expected and all(labels[name]["definition"] for name in expected)
+    assert labels["semantic_entropy"]["params"]["method"] == "answer"
+    threshold = labels["semantic_entropy_high"]["params"]["threshold"]
+    for split in ("train", "test"):
+        tensors = load_split(sampled_build, split)
+        values = {name: tensors[f"label.{name}"].double().numpy() for name in expected - {"semantic_entropy_high"}}
+        for name in ("loop_fraction", "max_tokens_fraction", "success_rate"):
+            assert np.all((values[name] >= 0) & (values[name] <= 1)) and np.all(values[name] * K % 1 == 0), name
+        assert set(values["correct"]) <= {0.0, 1.0} and set(values["loop"]) <= {0.0, 1.0}
+        assert np.all((values["semantic_entropy"] >= 0) & (values["semantic_entropy"] <= math.log(K) + 1e-6))
+        assert np.all(values["mean_logprob"] <= 0) and np.all(values["mean_token_entropy"] >= 0)
+        rollouts = load_rollouts(sampled_build, split).to_pylist()
+        by_id = {r["row_id"]: r for r in rollouts}
+        for i, row_id in enumerate(tensors["row_id"].tolist()):
+            assert len(by_id[row_id]["token_ids"]) == K and len(by_id[row_id]["text"]) == K
+            assert values["difficulty"][i] == pytest.approx((row_id + 1) / 10)  # carried as given
+        high = load_probe_data(str(sampled_build), "semantic_entropy_high").splits[split].labels \
+            if split == "train" else None
+        if high is not None:
+            assert np.array_equal(high, (values["semantic_entropy"] > threshold).astype(float))
+
+
+def test_samples_differ_and_correctness_matches_the_texts(sampled_build):
+    from raypipe.stages.answers import is_correct
+
+    tensors, rollouts = load_split(sampled_build, "train"), load_rollouts(sampled_build, "train").to_pylist()
+    assert any(len({tuple(ids) for ids in row["token_ids"]}) > 1 for row in rollouts)  # sampling, not greedy
+    answers = {i: str((i + 1) + (i + 5)) for i in range(12)}
+    for i, row in enumerate(rollouts):
+        flags = [is_correct(text, answers[row["row_id"]]) for text in row["text"]]
+        assert tensors["label.success_rate"][i].item() == pytest.approx(sum(flags) / K)
+        assert tensors["label.correct"][i].item() == float(flags[0])
+
+
+def test_eoi_and_marker_positions(sampled_build, tokenizer, embedded_path):
+    from transformers import AutoModelForCausalLM
+
+    manifest = read_manifest(sampled_build)
+    assert manifest["features"]["positions"] == [-6, -5, -4, -3, -2, -1, "marker:plus"]
+    model = AutoModelForCausalLM.from_pretrained(embedded_path, dtype=torch.float32)
+    tensors, rollouts = load_split(sampled_build, "test"), load_rollouts(sampled_build, "test").to_pylist()
+    for i, row in enumerate(rollouts):
+        ids = row["prompt_token_ids"]
+        with torch.inference_mode():
+            last = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+        plus = max(j for j in range(len(ids)) if tokenizer.decode(ids[j:j + 1]).strip() == "plus")
+        torch.testing.assert_close(tensors["features"][i, 0, 6], last[plus], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(tensors["features"][i, 0, 0], last[-6], atol=1e-4, rtol=1e-4)
+
+
+def test_any_stored_label_trains(sampled_build):
+    from raypipe.errors import UserError
+
+    for label in read_manifest(sampled_build)["labels"]:
+        try:
+            data = load_probe_data(str(sampled_build), label)
+        except UserError as exc:  # a label with one class / one value in this tiny build says so
+            assert "single class" in str(exc) or "constant" in str(exc), str(exc)
+            continue
+        assert data.train.features.shape[1:] == (1, 7, 576) and len(data.train.labels) > 0
+    result = run_cli("raypipe.cli", "sweep", "--data-dir", str(sampled_build), "--out-dir",
+                     str(sampled_build.parent / "sweep"), "--label", "mean_logprob", "--no-k-fold",
+                     "--positions", "marker:plus,-1", "--resamples", "50")
+    assert result.returncode == 0, result.stderr[-2000:]
+    performance = json.loads((sampled_build.parent / "sweep" / "performance.json").read_text())
+    assert performance["task_type"] == "regression" and performance["positions"] == ["marker:plus", -1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--answer-field", "solution"], "answer field 'solution' is not in"),
+    (["--label-column", "nope"], "label column 'nope' is not in"),
+    (["--num-samples", "2", "--semantic-method", "nli", "--nli-model", "/nonexistent/nli"],
+     "cannot load NLI model '/nonexistent/nli'"),
+    (["--positions", "marker:ZZZ", "--missing-marker", "fail"], "does not contain the marker"),
+])
+def test_bad_label_input_stops_before_any_shard(tmp_path, args, message):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "What is 2 plus 2?", "answer": "4"}) + "\n")
+    out = tmp_path / "out"
+    result = run_cli("raypipe.build", "--train-dataset", str(tmp_path / "p.jsonl"), "--test-dataset",
+                     str(tmp_path / "p.jsonl"), *args, "--out-dir", str(out))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and message in lines[-1] and lines[-1].startswith("raypipe: error:"), \
+        result.stderr[-2000:]
+    assert not (out / "manifest.json").exists()
