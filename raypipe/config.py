@@ -126,7 +126,8 @@ class FeatureConfig:
 
     layers: str = "-1"  # 'all' (every decoder layer), '-1', '0,5,-1'
     # Comma-separated: negative offsets from the prompt's end ('-3,-1'), 'eoi' (the tokens the chat template adds
-    # after the user turn), 'marker:TEXT' (the last token of TEXT's last occurrence in the prompt).
+    # after the user turn), 'marker:TEXT' (the last token of TEXT's last occurrence in the prompt), 'answer:-N' (the
+    # N-th last token of prompt + first sample, e.g. SEP's second-last answer token 'answer:-2').
     positions: str = "-1"
     eoi_tokens: int | None = None  # override the detected number of post-instruction tokens
     missing_marker: Literal["skip", "fail"] = "skip"  # a prompt without the marker: skip and count it, or stop
@@ -137,6 +138,12 @@ class FeatureConfig:
         for part in self.positions.split(","):
             part = part.strip()
             if part == "eoi" or (part.startswith("marker:") and len(part) > len("marker:")):
+                specs.append(part)
+                continue
+            if part.startswith("answer:"):
+                offset = part.removeprefix("answer:")
+                if not offset.startswith("-") or not offset[1:].isdigit() or int(offset) == 0:
+                    raise UserError(f"--positions answer entries are 'answer:-N' (N >= 1), got {part!r}")
                 specs.append(part)
                 continue
             try:
@@ -238,7 +245,7 @@ def _int_list(text: str | None, option: str, allow_markers: bool = False) -> lis
         return None
     values: list = []
     for part in text.split(","):
-        if allow_markers and part.strip().startswith("marker:"):
+        if allow_markers and part.strip().startswith(("marker:", "answer:")):
             values.append(part.strip())
             continue
         try:

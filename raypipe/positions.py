@@ -1,8 +1,11 @@
-"""Which prompt tokens the features come from: fixed offsets from the end, the chat template's post-instruction
-tokens ('eoi', as in the probe-pipeline seed), and the last token of a marker string ('marker:</think>').
+"""Which tokens the features come from: fixed offsets from the prompt's end, the chat template's post-instruction
+tokens ('eoi', as in the probe-pipeline seed), the last token of a marker string ('marker:</think>'), and tokens of
+the first generated sample ('answer:-2', SEP's second-last answer token; -1 of the prompt is the token before
+generation).
 
-Every position ends up as a negative offset from the prompt's end, per row: fixed offsets and eoi are the same for
-every row; a marker's offset depends on where the marker sits in that row's prompt.
+Every position ends up as a negative offset per row: fixed offsets and eoi are the same for every row; a marker's
+depends on where the marker sits in that row's prompt; an answer position counts from the end of prompt + answer,
+which only the prefill stage knows (see `with_answer`).
 """
 
 from __future__ import annotations
@@ -56,15 +59,37 @@ def marker_offset(tokenizer, prompt: str, prompt_token_ids: list[int], marker: s
     return None
 
 
+ANSWER = "answer:"
+
+
+def is_answer_position(position: int | str) -> bool:
+    return isinstance(position, str) and position.startswith(ANSWER)
+
+
 def row_offsets(positions: list[int | str], tokenizer, prompt: str, prompt_token_ids: list[int]) -> list[int] | None:
-    """This row's negative offset for each manifest position; None when a marker is absent from its prompt."""
+    """This row's negative offset for each manifest position; None when a marker is absent from its prompt.
+
+    An answer position keeps its own offset (from the end of prompt + answer); `with_answer` places it.
+    """
     offsets = []
     for position in positions:
         if isinstance(position, int):
             offsets.append(position)
+            continue
+        if is_answer_position(position):
+            offsets.append(int(position.removeprefix(ANSWER)))
             continue
         offset = marker_offset(tokenizer, prompt, prompt_token_ids, position.removeprefix("marker:"))
         if offset is None:
             return None
         offsets.append(offset)
     return offsets
+
+
+def with_answer(prompt_ids: list[int], answer_ids: list[int], offsets: list[int], positions: list[int | str]):
+    """(ids, offsets) for a forward over prompt + answer: prompt offsets move left by the answer's length; an
+    answer offset counts from the new end, and is clamped to the prompt's last token when the answer is shorter."""
+    length = len(answer_ids)
+    moved = [max(offset, -length - 1) if is_answer_position(position) else offset - length
+             for offset, position in zip(offsets, positions)]
+    return list(prompt_ids) + list(answer_ids), moved

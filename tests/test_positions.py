@@ -44,3 +44,14 @@ def test_marker_offset_points_at_the_markers_last_token(tokenizer):
     assert marker_offset(tokenizer, text, ids, "<absent>") is None
     assert row_offsets([-1, "marker:</think>"], tokenizer, text, ids) == [-1, offset]
     assert row_offsets(["marker:<absent>"], tokenizer, text, ids) is None
+
+
+def test_answer_positions_count_from_the_end_of_prompt_plus_answer():
+    from raypipe.positions import with_answer
+
+    positions = [-2, -1, "answer:-2"]
+    ids, offsets = with_answer([1, 2, 3, 4], [7, 8, 9], [-2, -1, -2], positions)
+    assert ids == [1, 2, 3, 4, 7, 8, 9]
+    assert [ids[o] for o in offsets] == [3, 4, 8]  # prompt tokens stay put; the answer's second-last token
+    ids, offsets = with_answer([1, 2, 3], [9], [-1, -3], [-1, "answer:-3"])
+    assert [ids[o] for o in offsets] == [3, 3]  # an answer shorter than 3 tokens: clamped to the prompt's end

@@ -64,3 +64,21 @@ def test_shared_prefix_features_equal_one_forward_per_prompt(stage, tokenizer):
             for i, q in enumerate(["What is 2+3?", "Name three colors of the rainbow, please.", "Hi"])]
     ids = [r.prompt_token_ids for r in to_prompt_rows(rows, tokenizer, chat_template=True)]
     _assert_matches_direct_forward(stage, ids)
+
+
+def test_answer_position_features_equal_a_forward_over_prompt_plus_answer(stage, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from raypipe.positions import with_answer
+
+    prompt = tokenizer("Q: 2+2? A:")["input_ids"]
+    answer = tokenizer(" 4, because two and two make four.")["input_ids"]
+    ids, offsets = with_answer(prompt, answer, [-1, -2], [-1, "answer:-2"])
+    features = stage.features([ids], [offsets])
+    model = AutoModelForCausalLM.from_pretrained(stage.model.config._name_or_path, dtype=torch.float32)
+    with torch.inference_mode():
+        states = model(torch.tensor([prompt + answer]), output_hidden_states=True).hidden_states
+    torch.testing.assert_close(features[0, :, 0], torch.stack([states[l][0, len(prompt) - 1] for l in (0, 7, 30)]),
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(features[0, :, 1], torch.stack([states[l][0, -2] for l in (0, 7, 30)]),
+                               atol=1e-4, rtol=1e-4)

@@ -43,7 +43,7 @@ def torch_dtype(name: str):
 class PrefillStage:
     """Callable for `map_batches`: adds `features` [n, L, P, H] to a one-shard batch."""
 
-    def __init__(self, model_id: str, dtype: str, layers: list[int], positions: list[int],
+    def __init__(self, model_id: str, dtype: str, layers: list[int], positions: list[int | str],
                  batch_tokens: int, trust_remote_code: bool = False, device: str | None = None, retries: int = 0):
         import torch
         from transformers import AutoModelForCausalLM
@@ -128,9 +128,15 @@ class PrefillStage:
     def work(self, shard: dict[str, Any]) -> None:
         from raypipe.payload import node_id, tensor_to_numpy
 
+        from raypipe.positions import is_answer_position, with_answer
+
         started = time.time()
-        shard["features"], shard["features_dtype"] = tensor_to_numpy(
-            self.features(shard["prompt_token_ids"], shard.get("offsets")))
+        ids, offsets = shard["prompt_token_ids"], shard.get("offsets")
+        if any(is_answer_position(p) for p in self.positions):  # a forward over prompt + first sample
+            pairs = [with_answer(p, samples[0], o, self.positions)
+                     for p, samples, o in zip(ids, shard["token_ids"], offsets)]
+            ids, offsets = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
+        shard["features"], shard["features_dtype"] = tensor_to_numpy(self.features(ids, offsets))
         shard["stats"]["prefill_s"] = round(time.time() - started, 3)
         shard["stats"]["prompt_tokens"] = sum(len(ids) for ids in shard["prompt_token_ids"])
         shard["stats"]["prefill_node"] = node_id()

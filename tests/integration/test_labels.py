@@ -26,7 +26,7 @@ def sampled_build(tmp_path_factory):
                      "--answer-field", "answer", "--label-column", "difficulty", "--num-samples", str(K),
                      "--temperature", "0.8", "--top-p", "0.95", "--seed", "3", "--max-tokens", "48",
                      "--test-fraction", "0.25", "--shard-size", "5", "--layers", "-1",
-                     "--positions", "eoi,marker:plus", "--out-dir", str(out))
+                     "--positions", "eoi,marker:plus,answer:-2", "--out-dir", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -70,11 +70,11 @@ def test_samples_differ_and_correctness_matches_the_texts(sampled_build):
         assert tensors["label.correct"][i].item() == float(flags[0])
 
 
-def test_eoi_and_marker_positions(sampled_build, tokenizer, embedded_path):
+def test_eoi_marker_and_answer_positions(sampled_build, tokenizer, embedded_path):
     from transformers import AutoModelForCausalLM
 
     manifest = read_manifest(sampled_build)
-    assert manifest["features"]["positions"] == [-6, -5, -4, -3, -2, -1, "marker:plus"]
+    assert manifest["features"]["positions"] == [-6, -5, -4, -3, -2, -1, "marker:plus", "answer:-2"]
     model = AutoModelForCausalLM.from_pretrained(embedded_path, dtype=torch.float32)
     tensors, rollouts = load_split(sampled_build, "test"), load_rollouts(sampled_build, "test").to_pylist()
     for i, row in enumerate(rollouts):
@@ -84,6 +84,11 @@ def test_eoi_and_marker_positions(sampled_build, tokenizer, embedded_path):
         plus = max(j for j in range(len(ids)) if tokenizer.decode(ids[j:j + 1]).strip() == "plus")
         torch.testing.assert_close(tensors["features"][i, 0, 6], last[plus], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(tensors["features"][i, 0, 0], last[-6], atol=1e-4, rtol=1e-4)
+        answer = row["token_ids"][0]  # SEP's second-last answer token: a forward over prompt + first sample
+        with torch.inference_mode():
+            full = model(torch.tensor([ids + answer]), output_hidden_states=True).hidden_states[-1][0]
+        torch.testing.assert_close(tensors["features"][i, 0, 7], full[max(-2, -len(answer) - 1)], atol=1e-4,
+                                   rtol=1e-4)
 
 
 def test_any_stored_label_trains(sampled_build):
@@ -95,7 +100,7 @@ def test_any_stored_label_trains(sampled_build):
         except UserError as exc:  # a label with one class / one value in this tiny build says so
             assert "single class" in str(exc) or "constant" in str(exc), str(exc)
             continue
-        assert data.train.features.shape[1:] == (1, 7, 576) and len(data.train.labels) > 0
+        assert data.train.features.shape[1:] == (1, 8, 576) and len(data.train.labels) > 0
     result = run_cli("raypipe.cli", "sweep", "--data-dir", str(sampled_build), "--out-dir",
                      str(sampled_build.parent / "sweep"), "--label", "mean_logprob", "--no-k-fold",
                      "--positions", "marker:plus,-1", "--resamples", "50")
