@@ -41,6 +41,7 @@ def test_ray_train_probe_finds_the_planted_direction_and_keeps_the_key_secret(pl
     assert evaluation["selected_on"] == "val roc_auc"
     config = json.loads((out / "probe_config.json").read_text())
     assert (config["layer"], config["position"], config["label"]) == (2, -1, "planted")
+    assert config["wandb"] == {"mode": "offline", "api_key_from": ".env"}  # the user's ./.env was read
 
     # The saved best probe, applied to the stored test features, gives the reported score.
     from raypipe.probes.metrics import score
@@ -63,8 +64,9 @@ def test_ray_train_probe_finds_the_planted_direction_and_keeps_the_key_secret(pl
 
 def test_a_probe_on_a_noise_layer_scores_near_chance(planted, tmp_path):
     out = tmp_path / "probe"
-    result = run_cli("raypipe.train", "--data-dir", str(planted), "--out-dir", str(out), "--label", "planted",
-                     "--layer", "0", "--position", "-2", "--epochs", "10")
+    # A relative --out-dir, as users type it: the Ray Train worker runs in another folder and must still write here.
+    result = run_cli("raypipe.train", "--data-dir", str(planted), "--out-dir", "probe", "--label", "planted",
+                     "--layer", "0", "--position", "-2", "--epochs", "10", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert abs(json.loads((out / "evaluation.json").read_text())["test"]["roc_auc"] - 0.5) < 0.15
 

@@ -65,13 +65,16 @@ def _split_validation(labels: np.ndarray, fraction: float, task: TaskType, seed:
 
 
 def _wandb_run(config: dict, out_dir: str):
-    """A W&B run on rank 0 when a project is given; offline (files under out_dir/wandb) without an API key."""
+    """(run, {mode, api_key_from}) on rank 0 when a project is given; offline (under out_dir/wandb) without a key."""
     if not config.get("wandb_project"):
-        return None
+        return None, None
     import wandb
     from dotenv import load_dotenv
 
-    load_dotenv(override=False)  # WANDB_API_KEY from ./.env; the environment wins; never logged or saved
+    key_source = "environment" if os.environ.get("WANDB_API_KEY") else None
+    if config.get("_dotenv"):  # the driver's ./.env (the worker runs elsewhere); the environment wins
+        load_dotenv(config["_dotenv"], override=False)
+        key_source = key_source or (".env" if os.environ.get("WANDB_API_KEY") else None)
     mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
     if os.environ.get("WANDB_MODE") in ("offline", "disabled"):  # the user's own switch wins
         mode = os.environ["WANDB_MODE"]
@@ -80,8 +83,9 @@ def _wandb_run(config: dict, out_dir: str):
     if wandb_dir:
         os.makedirs(wandb_dir, exist_ok=True)
     safe_config = {k: v for k, v in config.items() if not k.startswith("_")}
-    return wandb.init(project=config["wandb_project"], dir=wandb_dir, mode=mode, config=safe_config,
-                      name=os.path.basename(out_dir.rstrip("/")) or None, reinit="finish_previous")
+    run = wandb.init(project=config["wandb_project"], dir=wandb_dir, mode=mode, config=safe_config,
+                     name=os.path.basename(out_dir.rstrip("/")) or None, reinit="finish_previous")
+    return run, {"mode": mode, "api_key_from": key_source}  # where the key came from; never the key
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -125,7 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
 
     out = Location(config["out_dir"])
-    run = _wandb_run(config, config["out_dir"]) if rank == 0 else None
+    run, wandb_info = _wandb_run(config, config["out_dir"]) if rank == 0 else (None, None)
     metric = metric_name(task)
     select_on = "val" if "val" in evaluation_sets else ("test" if "test" in evaluation_sets else "train")
     history: list[dict] = []
@@ -175,6 +179,7 @@ def train_loop_per_worker(config: dict) -> None:
         "label": config["_label"], "task_type": task, "layer": config["_layer"], "position": config["_position"],
         "hidden_size": int(x_all.shape[1]), "best_epoch": best["epoch"], "selected_on": select_on,
         "checkpoint_keys": list(CHECKPOINT_KEYS),
+        "wandb": wandb_info,
     }), indent=2) + "\n").encode())
     out.write_atomic("evaluation.json", (json.dumps(json_safe(evaluation), indent=2) + "\n").encode())
     _train_plots(out, history, evaluation_sets, best, task, arrays)
@@ -247,9 +252,15 @@ def run_train(config: TrainConfig) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from dotenv import find_dotenv
+
     use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    # Ray Train workers run in their own folder: local paths must be absolute, and ./.env is passed by path.
+    out_dir = config.out_dir if "://" in config.out_dir else os.path.abspath(config.out_dir)
+    config = dataclasses.replace(config, out_dir=out_dir)
     loop_config = {**dataclasses.asdict(config), "_arrays": ray.put(arrays), "_task": data.task,
-                   "_label": data.label, "_layer": data.layers[0], "_position": data.positions[0]}
+                   "_label": data.label, "_layer": data.layers[0], "_position": data.positions[0],
+                   "_dotenv": find_dotenv(usecwd=True) or None}
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
