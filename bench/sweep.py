@@ -75,7 +75,7 @@ def sklearn_loop(train_x, train_y, test_x, test_y, fold, task, alpha):
 def raypipe_sweep(train_x, train_y, test_x, test_y, fold, task, alpha, layers, positions):
     import torch
 
-    from raypipe.config import SweepConfig
+    from raypipe.probes.config import SweepConfig
     from raypipe.probes.dataset import ProbeData, ProbeSplit
     from raypipe.probes.metrics import scores
     from raypipe.probes.sweep import solve_all

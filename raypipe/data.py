@@ -67,7 +67,12 @@ def arithmetic_problems(n: int, seed: int = 0) -> list[dict[str, str]]:
 # --- loading -------------------------------------------------------------------------------------------------------
 
 def load_source(spec: str, split: str, builtin_size: int, seed: int):
-    """Load one dataset spec as a `datasets.Dataset`; failures become one-line UserErrors."""
+    """Load one split of a dataset spec as a `datasets.Dataset`; failures become one-line UserErrors.
+
+    A local file is one split whatever the split name. A local folder is read as `datasets` reads it: its splits
+    come from its file names (the hub's `data/train-00000-of-00001.parquet` layout, or `train.jsonl`, ...), or from
+    a `save_to_disk` layout; a split it does not have is an error that lists the ones it has.
+    """
     import datasets
 
     if spec.startswith(BUILTIN_PREFIX):
@@ -77,13 +82,17 @@ def load_source(spec: str, split: str, builtin_size: int, seed: int):
         return datasets.Dataset.from_list(arithmetic_problems(builtin_size, seed))
 
     path = Path(spec).expanduser()
-    if path.exists():
-        files = _local_files(path)
-        builder = LOCAL_FORMATS[files[0].suffix]
-        try:
-            return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
-        except Exception as exc:  # noqa: BLE001 - any parse/permission failure is the user's file
-            raise UserError(f"cannot read {spec}: {type(exc).__name__}: {_first_line(exc)}") from exc
+    if path.is_file():
+        if path.suffix not in LOCAL_FORMATS:
+            raise UserError(f"cannot read {spec}: unsupported file type {path.suffix!r} (use .parquet, .jsonl, .csv)")
+        return _read(spec, lambda: datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=[str(path)],
+                                                         split="train"))
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return _saved_split(path, spec, split)
+        splits = _read(spec, lambda: [str(s) for s in datasets.load_dataset_builder(str(path)).config.data_files])
+        _check_split(spec, split, splits)
+        return _read(spec, lambda: datasets.load_dataset(str(path), split=split))
     if spec.startswith((".", "/", "~")) or Path(spec).suffix in LOCAL_FORMATS:
         raise UserError(f"cannot read {spec}: no such file or folder")
     try:
@@ -92,18 +101,31 @@ def load_source(spec: str, split: str, builtin_size: int, seed: int):
         raise UserError(f"cannot load dataset {spec!r} split {split!r}: {_first_line(exc)}") from exc
 
 
-def _local_files(path: Path) -> list[Path]:
-    if path.is_file():
-        if path.suffix not in LOCAL_FORMATS:
-            raise UserError(f"cannot read {path}: unsupported file type {path.suffix!r} (use .parquet, .jsonl, .csv)")
-        return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_FORMATS)
-    if not files:
-        raise UserError(f"cannot read {path}: the folder has no .parquet, .jsonl or .csv files")
-    kinds = {LOCAL_FORMATS[f.suffix] for f in files}
-    if len(kinds) > 1:
-        raise UserError(f"cannot read {path}: the folder mixes file types {sorted(kinds)}")
-    return files
+def _saved_split(path: Path, spec: str, split: str):
+    """One split of a `Dataset.save_to_disk` / `DatasetDict.save_to_disk` folder. A saved Dataset is one split: its
+    own split name, or 'train' when it has none."""
+    import datasets
+
+    saved = _read(spec, lambda: datasets.load_from_disk(str(path)))
+    if isinstance(saved, datasets.DatasetDict):
+        _check_split(spec, split, list(saved))
+        return saved[split]
+    _check_split(spec, split, [str(saved.split or "train")])
+    return saved
+
+
+def _check_split(spec: str, split: str, splits: list[str]) -> None:
+    if split not in splits:
+        raise UserError(f"split {split!r} is not in {spec}; its splits are: {', '.join(splits) or 'none'}")
+
+
+def _read(spec: str, load):
+    try:
+        return load()
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse/permission failure is the user's data
+        raise UserError(f"cannot read {spec}: {type(exc).__name__}: {_first_line(exc)}") from exc
 
 
 def _first_line(exc: Exception) -> str:

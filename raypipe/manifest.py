@@ -9,47 +9,20 @@ shards of two configurations never mix.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from raypipe import __version__
 from raypipe.config import BuildConfig
-from raypipe.data import PromptRow
 from raypipe.errors import UserError
 from raypipe.fs import Location
-from raypipe.store import FORMAT, MANIFEST, read_manifest, shard_name, verify_shard, write_manifest
-
-if TYPE_CHECKING:
-    from raypipe.build import Prepared
-
-SPLITS = ("train", "test")
+from raypipe.plan import SPLITS, BuildInputs, ShardPlan
+from raypipe.store import FORMAT, MANIFEST, read_manifest, verify_shard, write_manifest
 
 # Fields that change how fast a build runs, never what it writes: a resume may change them.
 RUNTIME_FIELDS = {
     "out_dir", "max_retries", "model.name", "model.description", "model.tp", "model.dp", "model.max_num_seqs",
     "model.gpu_memory_utilization", "model.enforce_eager", "model.prefill_actors", "model.prefill_batch_tokens",
 }
-
-
-@dataclass
-class ShardPlan:
-    split: str
-    index: int
-    rows: list[PromptRow]
-
-    @property
-    def name(self) -> str:
-        return shard_name(self.index)
-
-
-def plan_shards(rows: dict[str, list[PromptRow]], shard_size: int) -> list[ShardPlan]:
-    """Cut each split, in row order, into shards of shard_size rows (the last may be shorter)."""
-    return [
-        ShardPlan(split, start // shard_size, split_rows[start:start + shard_size])
-        for split in SPLITS
-        for split_rows in [rows.get(split, [])]
-        for start in range(0, len(split_rows), shard_size)
-    ]
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -78,7 +51,7 @@ class Manifest:
         return Location(self.out_dir).path(MANIFEST)
 
     @classmethod
-    def open(cls, config: BuildConfig, prepared: Prepared, plans: list[ShardPlan], overwrite: bool) -> Manifest:
+    def open(cls, config: BuildConfig, prepared: BuildInputs, plans: list[ShardPlan], overwrite: bool) -> Manifest:
         """Start a manifest for this build, or take over the existing one when its configuration matches."""
         out = Location(config.out_dir)
         resolved = config.to_dict()
@@ -175,6 +148,8 @@ class Manifest:
 
     def _count_labels(self) -> None:
         for name, label in self.data["labels"].items():
+            if label.get("derived_from"):  # counted once the build is whole (labels.catalog.finish_derived)
+                continue
             label["counts"] = {}
             for split, split_data in self.data["splits"].items():
                 counts: dict[str, int] = {}

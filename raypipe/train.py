@@ -3,10 +3,10 @@
     python -m raypipe.train --data-dir runs/demo --out-dir runs/demo-probe            # Ray Train linear probe
     python -m raypipe.train --sweep --data-dir runs/demo --out-dir runs/demo-sweep    # (layer x position) sweep
 
-The same commands are `raypipe train` and `raypipe sweep`; see probes/linear.py and probes/sweep.py for outputs.
+The same commands as `raypipe train` and `raypipe sweep`; the work is in raypipe.probes (linear.py, sweep.py).
 """
 
-from raypipe.cli import train_app
-
 if __name__ == "__main__":
-    train_app()
+    from raypipe.cli import train_main
+
+    train_main()

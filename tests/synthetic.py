@@ -51,6 +51,7 @@ def write_planted_build(out_dir, layers=(0, 1, 2, 3), positions=(-2, -1), hidden
             for name, value in (extra_labels or {}).items():
                 tensors[f"label.{name}"] = torch.full((n,), float(value))
             lengths = np.random.default_rng(seed + index).integers(5, 40, size=n)
+            tensors["prompt_length"] = torch.from_numpy(lengths.astype(np.int64))
             rollouts = {"row_id": ids.tolist(), "prompt_token_ids": [list(range(k)) for k in lengths]}
             entry = write_shard(str(out_dir), split, index, tensors, rollouts)
             shards[entry["name"]] = {**entry, "status": "complete"}

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from raypipe.stages.answers import extract_answer, is_correct, last_boxed, normalize_answer
-from raypipe.stages.semantic import answer_clusters, best_split_threshold, cluster_entropy, greedy_clusters
+from raypipe.labels.answers import extract_answer, is_correct, last_boxed, normalize_answer
+from raypipe.labels.semantic import answer_clusters, best_split_threshold, cluster_entropy, greedy_clusters
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -56,24 +56,3 @@ def test_clusters_and_entropy():
 def test_best_split_threshold_separates_two_groups():
     assert 0.2 < best_split_threshold([0.0, 0.1, 0.0, 1.3, 1.4, 1.2]) < 1.2
     assert best_split_threshold([0.5, 0.5]) == 0.5
-
-
-def test_embedding_clusters_with_the_packaged_minilm():
-    from raypipe.config import DEFAULT_EMBEDDING_MODEL
-    from raypipe.stages.semantic_models import load_embedder
-
-    embed = load_embedder(DEFAULT_EMBEDDING_MODEL)
-    texts = ["The capital of France is Paris.", "Paris is the capital city of France.",
-             "Bananas are rich in potassium."]
-    vectors = embed(texts)
-    assert vectors.shape == (3, 384)
-    similar, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
-    assert similar > 0.8 > unrelated
-    assert greedy_clusters(list(range(3)), lambda a, b: float(vectors[a] @ vectors[b]) >= 0.8) == [0, 0, 1]
-
-
-def test_an_nli_model_that_does_not_load_raises(tmp_path):
-    from raypipe.stages.semantic_models import load_nli
-
-    with pytest.raises(OSError):
-        load_nli(str(tmp_path / "missing-nli"))

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raypipe.config import SourceConfig
-from raypipe.data import arithmetic_problems, load_splits, split_ids, to_prompt_rows
+from raypipe.data import arithmetic_problems, load_splits, split_ids
 from raypipe.errors import UserError
 
 
@@ -65,6 +65,58 @@ def test_a_folder_of_files_is_one_source(tmp_path):
     assert sum(len(s) for s in splits.values()) == 10
 
 
+def _hub_layout(root, train_rows, test_rows):
+    """A folder as the hub keeps a dataset: data/<split>-00000-of-00001.parquet."""
+    (root / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(train_rows), root / "data" / "train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(test_rows), root / "data" / "test-00000-of-00001.parquet")
+
+
+def _saved_dict(root, train_rows, test_rows):
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(train_rows),
+                          "test": datasets.Dataset.from_list(test_rows)}).save_to_disk(str(root))
+
+
+TRAIN_ROWS = [{"question": f"train question {i}", "answer": str(i)} for i in range(7)]
+TEST_ROWS = [{"question": f"test question {i}", "answer": str(100 + i)} for i in range(3)]
+
+
+@pytest.mark.parametrize("layout", [_hub_layout, _saved_dict])
+def test_a_local_folder_is_read_per_split(tmp_path, layout):
+    """--train-dataset DIR --train-split train --test-dataset DIR --test-split test: each split holds exactly its
+    files' rows, so no test row can leak into train."""
+    layout(tmp_path / "ds", TRAIN_ROWS, TEST_ROWS)
+    folder = str(tmp_path / "ds")
+    splits, _ = load_splits(SourceConfig(train_dataset=folder, train_split="train", test_dataset=folder,
+                                         test_split="test", prompt_field="question"))
+    train, test = [r["question"] for r in splits["train"]], [r["question"] for r in splits["test"]]
+    assert train == [r["question"] for r in TRAIN_ROWS] and test == [r["question"] for r in TEST_ROWS]
+    assert not set(train) & set(test)
+    assert [r["answer"] for r in splits["test"]] == ["100", "101", "102"]
+
+
+@pytest.mark.parametrize("layout", [_hub_layout, _saved_dict])
+def test_a_split_the_folder_lacks_is_one_error_listing_its_splits(tmp_path, layout):
+    layout(tmp_path / "ds", TRAIN_ROWS, TEST_ROWS)
+    with pytest.raises(UserError, match=r"split 'validation' is not in .*ds; its splits are: train, test"):
+        load_splits(SourceConfig(train_dataset=str(tmp_path / "ds"), test_dataset=str(tmp_path / "ds"),
+                                 test_split="validation", prompt_field="question"))
+
+
+def test_a_saved_dataset_is_one_split(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list(TRAIN_ROWS).save_to_disk(str(tmp_path / "one"))
+    splits, _ = load_splits(SourceConfig(train_dataset=str(tmp_path / "one"), prompt_field="question",
+                                         test_fraction=0.3))
+    assert sorted(r["row_id"] for s in splits.values() for r in s) == list(range(7))
+    with pytest.raises(UserError, match="split 'test' is not in .*one; its splits are: train"):
+        load_splits(SourceConfig(train_dataset=str(tmp_path / "one"), test_dataset=str(tmp_path / "one"),
+                                 prompt_field="question"))
+
+
 def test_missing_prompt_field_names_the_columns(tmp_path):
     _write(tmp_path / "d.jsonl", [{"question": "q", "answer": "1"}])
     with pytest.raises(UserError, match="'prompt' is not in .*question, answer"):
@@ -83,15 +135,6 @@ def test_missing_and_unreadable_paths(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(UserError, match="cannot read"):
         load_splits(SourceConfig(train_dataset=str(tmp_path / "bad.parquet")))
-
-
-def test_chat_template_is_applied_and_tokenized_once(tokenizer):
-    rows = [{"row_id": 7, "question": "What is 2+3?", "answer": "5"}]
-    (templated,) = to_prompt_rows(rows, tokenizer, chat_template=True)
-    assert templated.prompt.endswith("<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n")
-    assert templated.prompt_token_ids == tokenizer(templated.prompt, add_special_tokens=False)["input_ids"]
-    (raw,) = to_prompt_rows(rows, tokenizer, chat_template=False)
-    assert raw.prompt == "What is 2+3?" and raw.row_id == 7 and raw.answer == "5"
 
 
 def test_bad_rows_are_skipped_and_counted(tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 
-from raypipe.stages.label import has_ngram_loop, loop_labels
+from raypipe.labels.loop import has_ngram_loop, loop_labels
 
 
 def test_repeated_ngram_reaching_k_is_a_loop():
@@ -50,7 +50,7 @@ def test_loop_labels_use_first_sample():
 
 import math  # noqa: E402
 
-from raypipe.stages.label import row_labels  # noqa: E402
+from raypipe.labels.catalog import row_labels  # noqa: E402
 
 
 def _labels(texts, samples=None, finish=None, answer="12", cluster=None):
@@ -73,8 +73,8 @@ def test_loop_statistics_when_every_sample_loops():
 
 
 def test_semantic_entropy_from_answer_clusters():
-    from raypipe.stages.answers import extract_answer, normalize_answer
-    from raypipe.stages.semantic import answer_clusters
+    from raypipe.labels.answers import extract_answer, normalize_answer
+    from raypipe.labels.semantic import answer_clusters
 
     def cluster(texts):
         return answer_clusters([normalize_answer(extract_answer(t)) for t in texts])
@@ -82,3 +82,44 @@ def test_semantic_entropy_from_answer_clusters():
     assert _labels(["12", "\\boxed{12}", "12.0", "twelve is 12"], cluster=cluster)["semantic_entropy"] == 0.0
     tied = _labels(["12", "13", "12", "13"], cluster=cluster)["semantic_entropy"]
     assert tied == pytest.approx(math.log(2))
+
+
+# --- the catalog: planning, derivation, counts (labels/catalog.py) --------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from raypipe.config import LabelConfig, apply_overrides, get_preset  # noqa: E402
+from raypipe.labels import catalog  # noqa: E402
+
+
+def test_semantic_entropy_high_is_planned_as_derived_not_stored():
+    model = apply_overrides(get_preset("smollm2_135m"), {"num_samples": 4})
+    planned = catalog.plan(model, LabelConfig(), ["difficulty"], has_answers=True)
+    assert planned["semantic_entropy_high"]["derived_from"] == "semantic_entropy"
+    assert planned["semantic_entropy_high"]["params"]["threshold"] is None
+    assert "semantic_entropy_high" not in catalog.stored(planned)
+    assert {"loop", "correct", "success_rate", "semantic_entropy", "difficulty"} <= set(catalog.stored(planned))
+    given = catalog.plan(model, LabelConfig(se_threshold=0.5), [], has_answers=True)
+    assert given["semantic_entropy_high"]["params"] == {"threshold": 0.5, "chosen_by": "--se-threshold"}
+    single = catalog.plan(get_preset("smollm2_135m"), LabelConfig(), [], has_answers=False)
+    assert "semantic_entropy" not in single and "correct" not in single
+
+
+def test_derived_values_come_from_the_threshold_and_keep_missing_rows_missing():
+    planned = {"semantic_entropy": {"kind": "continuous"},
+               "semantic_entropy_high": {"kind": "binary", "derived_from": "semantic_entropy",
+                                         "params": {"threshold": None}}}
+    values = {"train": np.array([0.0, 0.1, 1.2, 1.3, np.nan]), "test": np.array([0.05, 1.25])}
+    with pytest.raises(Exception, match="no threshold yet"):
+        catalog.label_values(planned, "semantic_entropy_high", {"label.semantic_entropy": values["train"]})
+    catalog.finish_derived(planned, lambda split, name: values[split], ["train", "test"])
+    threshold = planned["semantic_entropy_high"]["params"]["threshold"]
+    assert 0.1 < threshold < 1.2
+    derived = catalog.label_values(planned, "semantic_entropy_high", {"label.semantic_entropy": values["train"]})
+    assert derived[:4].tolist() == [0.0, 0.0, 1.0, 1.0] and np.isnan(derived[4])
+    assert planned["semantic_entropy_high"]["counts"] == {"train": {"0": 2, "1": 2}, "test": {"0": 1, "1": 1}}
+
+
+def test_counts_only_for_labels_that_are_zero_or_one():
+    assert catalog.counts({"loop": [0, 1, 1], "correct": [1.0, float("nan")], "rate": [0.5, 1.0]}) == \
+        {"loop": {"0": 1, "1": 2}, "correct": {"1": 1}}

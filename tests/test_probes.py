@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from raypipe.config import SweepConfig
+from raypipe.probes.config import SweepConfig
 from raypipe.errors import UserError
 from raypipe.probes import metrics
 from raypipe.probes.solvers import fit_logistic, fit_ridge
@@ -142,3 +142,21 @@ def test_bad_probe_inputs_name_the_problem(tmp_path, change, message):
     with pytest.raises(UserError, match=message):
         run_sweep(SweepConfig(**options))
     assert not (tmp_path / "out").exists()  # nothing written before the inputs were checked
+
+
+def test_probes_read_prompt_lengths_from_the_shards_not_the_sidecars(tmp_path):
+    from raypipe.probes.dataset import load_probe_data
+    from raypipe.store import load_split
+
+    write_planted_build(tmp_path / "data")
+    manifest_path = tmp_path / "data" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for split in manifest["splits"].values():  # without its sidecars the build still probes
+        for entry in split["shards"].values():
+            for file in [f for f in entry["files"] if f.endswith(".parquet")]:
+                (tmp_path / "data" / entry["split"] / file).unlink()
+                del entry["files"][file]
+    manifest_path.write_text(json.dumps(manifest))
+    data = load_probe_data(str(tmp_path / "data"), "planted")
+    stored = load_split(str(tmp_path / "data"), "train")["prompt_length"].double().numpy()
+    assert np.array_equal(data.train.prompt_length, stored) and stored.min() >= 5

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raypipe.errors import UserError
+from raypipe.labels.catalog import label_values
 from raypipe.probes.metrics import TaskType
 from raypipe.store import LABEL_PREFIX, load_rollouts, load_split, read_manifest
 
@@ -91,6 +92,16 @@ def infer_task(values: np.ndarray, requested: str = "auto") -> TaskType:
     return requested  # type: ignore[return-value]
 
 
+def _prompt_lengths(data_dir: str, split: str, tensors: dict) -> np.ndarray:
+    """Prompt lengths in tokens, stored in each shard (builds from before they were stored: from the sidecars)."""
+    if "prompt_length" in tensors:
+        return tensors["prompt_length"].double().numpy()
+    import pyarrow.compute as pc
+
+    lengths = load_rollouts(data_dir, split, columns=["prompt_token_ids"])["prompt_token_ids"]
+    return pc.list_value_length(lengths).to_numpy().astype(np.float64)
+
+
 def load_probe_data(data_dir: str, label: str | None = None, layers: list[int] | None = None,
                     positions: list | None = None, task_type: str = "auto") -> ProbeData:
     """Load train and test splits for probing; `layers`/`positions` as hidden-state indices / negative offsets."""
@@ -109,25 +120,17 @@ def load_probe_data(data_dir: str, label: str | None = None, layers: list[int] |
         if split not in manifest.get("splits", {}):
             continue
         tensors = load_split(data_dir, split, layers=layer_idx, positions=position_idx)
-        key = LABEL_PREFIX + label
-        derived = manifest["labels"][label].get("derived_from")
-        if derived and key not in tensors:  # e.g. semantic_entropy_high at the best-split threshold
-            source = tensors[LABEL_PREFIX + derived].double().numpy()
-            values = np.where(np.isnan(source), np.nan, (source > manifest["labels"][label]["params"]["threshold"]))
-        elif key not in tensors:
+        definition = manifest["labels"][label]
+        if not definition.get("derived_from") and LABEL_PREFIX + label not in tensors:
             raise UserError(f"label {label!r} is in the manifest of {data_dir} but not in its {split} shards")
-        else:
-            values = tensors[key].double().numpy()
+        values = label_values(manifest["labels"], label, tensors)
         keep = ~np.isnan(values)
         dropped[split] = int((~keep).sum())
-        lengths = load_rollouts(data_dir, split, columns=["prompt_token_ids"])["prompt_token_ids"]
-        import pyarrow.compute as pc
-
         splits[split] = ProbeSplit(
             features=tensors["features"][keep].float(),
             labels=values[keep],
             row_id=tensors["row_id"].numpy()[keep],
-            prompt_length=pc.list_value_length(lengths).to_numpy().astype(np.float64)[keep],
+            prompt_length=_prompt_lengths(data_dir, split, tensors)[keep],
         )
     if "train" not in splits or len(splits["train"].labels) == 0:
         raise UserError(f"{data_dir} has no labelled train rows for {label!r}")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from raypipe.config import TrainConfig
+from raypipe.probes.config import TrainConfig
 from raypipe.fs import Location
 from raypipe.probes.metrics import TaskType, json_safe, metric_name, report, significance
 

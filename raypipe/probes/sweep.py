@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from raypipe.config import SweepConfig
+from raypipe.probes.config import SweepConfig
 from raypipe.fs import Location
 from raypipe.probes import plots
 from raypipe.probes.baselines import evaluate_baselines

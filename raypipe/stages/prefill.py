@@ -8,9 +8,10 @@ through the base model only (no LM head, whose vocab-sized matmul the features n
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
+
+from raypipe.stages.base import ShardStage
 
 
 def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
@@ -40,11 +41,16 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
 
 
-class PrefillStage:
-    """Callable for `map_batches`: adds `features` [n, L, P, H] to a one-shard batch."""
+class PrefillStage(ShardStage):
+    """Adds `features` [n, L, P, H] (and its dtype name) to a shard."""
+
+    name = "prefill"
+    inputs = ("prompt_token_ids", "offsets")
 
     def __init__(self, model_id: str, dtype: str, layers: list[int], positions: list[int | str],
-                 batch_tokens: int, trust_remote_code: bool = False, device: str | None = None, retries: int = 0):
+                 batch_tokens: int, trust_remote_code: bool = False, device: str | None = None, retries: int = 0,
+                 progress=None):
+        super().__init__(retries, progress)
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -59,7 +65,6 @@ class PrefillStage:
         self.layers = list(layers)
         self.positions = list(positions)
         self.batch_tokens = batch_tokens
-        self.retries = retries
 
     def features(self, prompt_token_ids: Sequence[Sequence[int]], offsets: Sequence[Sequence[int]] | None = None):
         """Hidden states [n, L, P, H] of the given prompts, in their order.
@@ -120,23 +125,14 @@ class PrefillStage:
             return self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
                               output_hidden_states=True, use_cache=prefix_cache is not None, **kwargs).hidden_states
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from raypipe.payload import run_stage
-
-        return run_stage("prefill", batch, self.work, self.retries)
-
-    def work(self, shard: dict[str, Any]) -> None:
-        from raypipe.payload import node_id, tensor_to_numpy
-
+    def work(self, shard: dict[str, Any]) -> dict[str, Any]:
+        from raypipe.payload import tensor_to_numpy
         from raypipe.positions import is_answer_position, with_answer
 
-        started = time.time()
         ids, offsets = shard["prompt_token_ids"], shard.get("offsets")
         if any(is_answer_position(p) for p in self.positions):  # a forward over prompt + first sample
             pairs = [with_answer(p, samples[0], o, self.positions)
                      for p, samples, o in zip(ids, shard["token_ids"], offsets)]
             ids, offsets = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
         shard["features"], shard["features_dtype"] = tensor_to_numpy(self.features(ids, offsets))
-        shard["stats"]["prefill_s"] = round(time.time() - started, 3)
-        shard["stats"]["prompt_tokens"] = sum(len(ids) for ids in shard["prompt_token_ids"])
-        shard["stats"]["prefill_node"] = node_id()
+        return {"tokens": sum(len(x) for x in ids)}

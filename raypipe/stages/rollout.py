@@ -8,10 +8,10 @@ prefill stage reads, so the features and the rollout always see the identical pr
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from raypipe.config import ModelConfig
+from raypipe.stages.base import ShardStage
 
 
 def request_seed(seed: int, row_id: int) -> int:
@@ -42,10 +42,15 @@ def sample_uncertainty(token_ids, logprobs) -> tuple[float, float]:
     return sum(chosen) / len(chosen), sum(entropies) / len(entropies)
 
 
-class RolloutStage:
-    """Callable for `map_batches`: adds `token_ids`, `text`, `finish_reason` (one list per prompt, a sample each)."""
+class RolloutStage(ShardStage):
+    """Adds `token_ids`, `text`, `finish_reason` (one list per prompt, a sample each) and the uncertainty baselines."""
 
-    def __init__(self, model_id: str, model: ModelConfig, seed: int, num_samples: int = 1, retries: int = 0):
+    name = "rollout"
+    inputs = ("prompt_token_ids", "row_id")
+
+    def __init__(self, model_id: str, model: ModelConfig, seed: int, num_samples: int = 1, retries: int = 0,
+                 progress=None):
+        super().__init__(retries, progress)
         import torch
 
         from raypipe.embedded import resolve_model_path
@@ -74,7 +79,6 @@ class RolloutStage:
         self.model = model
         self.seed = seed
         self.num_samples = num_samples
-        self.retries = retries
 
     def generate(self, prompt_token_ids: list[list[int]], row_ids: list[int]) -> dict[str, list]:
         from vllm import SamplingParams
@@ -100,19 +104,6 @@ class RolloutStage:
             result["mean_token_entropy"] = [_mean([s[1] for s in row]) for row in stats]
         return result
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from raypipe.payload import run_stage
-
-        return run_stage("rollout", batch, self.work, self.retries)
-
-    def work(self, shard: dict[str, Any]) -> None:
-        from raypipe.payload import node_id
-
-        started = time.time()
+    def work(self, shard: dict[str, Any]) -> dict[str, Any]:
         shard.update(self.generate(shard["prompt_token_ids"], shard["row_id"]))
-        shard["stats"] = {
-            "rollout_s": round(time.time() - started, 3),
-            "rollout_end": time.time(),
-            "generated_tokens": sum(len(ids) for samples in shard["token_ids"] for ids in samples),
-            "rollout_node": node_id(),
-        }
+        return {"tokens": sum(len(ids) for samples in shard["token_ids"] for ids in samples)}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import numpy as np
 
+from raypipe.stages.base import ShardStage
+
 
 def shard_tensors(shard: dict[str, Any]) -> dict[str, Any]:
-    """The safetensors content of a shard: features, row ids, and one `label.<name>` tensor per label."""
+    """The safetensors content of a shard: features, row ids, prompt lengths, one `label.<name>` per stored label."""
     import torch
 
     from raypipe.payload import numpy_to_tensor
@@ -19,9 +20,11 @@ def shard_tensors(shard: dict[str, Any]) -> dict[str, Any]:
     tensors = {
         "features": numpy_to_tensor(shard["features"], shard["features_dtype"]),
         "row_id": torch.tensor(shard["row_id"], dtype=torch.int64),
+        "prompt_length": torch.tensor([len(ids) for ids in shard["prompt_token_ids"]], dtype=torch.int64),
     }
     for name, values in shard["labels"].items():
-        dtype = torch.int64 if all(isinstance(v, int) for v in values) else torch.float32
+        # float64: a given column's values come back exactly as the source wrote them
+        dtype = torch.int64 if all(isinstance(v, int) for v in values) else torch.float64
         tensors[LABEL_PREFIX + name] = torch.tensor(values, dtype=dtype)
     return tensors
 
@@ -31,45 +34,35 @@ def shard_rollouts(shard: dict[str, Any]) -> dict[str, list]:
     return {key: shard[key] for key in ("row_id", "prompt", "prompt_token_ids", "token_ids", "text", "finish_reason")}
 
 
-def label_counts(labels: dict[str, list]) -> dict[str, dict[str, int]]:
-    """Rows per class of every binary label (ints, or 0.0/1.0 floats where NaN marks a row without a value)."""
-    counts: dict[str, dict[str, int]] = {}
-    for name, values in labels.items():
-        present = [v for v in values if v == v]  # NaN != NaN
-        if present and all(v in (0, 1) for v in present):
-            for v in present:
-                key = str(int(v))
-                counts.setdefault(name, {}).setdefault(key, 0)
-                counts[name][key] += 1
-    return counts
+class WriteStage(ShardStage):
+    """Writes one shard and returns its manifest entry (files, sha256, rows, label counts, stats) as JSON."""
 
+    name = "write"
+    inputs = ("features", "features_dtype", "labels", "row_id", "prompt", "prompt_token_ids")
 
-class WriteStage:
-    """Callable for `map_batches`: writes one shard and returns its manifest entry as a JSON string."""
-
-    def __init__(self, out_dir: str, retries: int = 0):
+    def __init__(self, out_dir: str, retries: int = 0, progress=None):
+        super().__init__(retries, progress)
         self.out_dir = out_dir
-        self.retries = retries
 
     def __call__(self, batch):
-        from raypipe.payload import attempt, get_shard
+        from raypipe.payload import get_shard
         from raypipe.store import shard_name
 
-        shard = attempt("write", get_shard(batch), self.work, self.retries)
+        shard = self.run(get_shard(batch))
         if shard.get("error"):
             entry = {"split": shard["split"], "name": shard_name(shard["index"]), "status": "failed",
                      "error": shard["error"], "attempts": shard["attempts"]}
         else:
-            entry = shard["entry"]
+            entry = {**shard["entry"], "stats": shard["stats"]}
+            if shard.get("retried"):
+                entry["retried"] = shard["retried"]  # stage -> retries it took
         return {"entry": np.array([json.dumps(entry)])}
 
     def work(self, shard: dict[str, Any]) -> None:
+        from raypipe.labels.catalog import counts
         from raypipe.store import write_shard
 
         entry = write_shard(self.out_dir, shard["split"], shard["index"], shard_tensors(shard), shard_rollouts(shard),
                             metadata={"split": shard["split"], "index": str(shard["index"])})
-        entry["label_counts"] = label_counts(shard["labels"])
-        entry["stats"] = {**shard.get("stats", {}), "written_at": time.time()}
-        if shard.get("retried"):
-            entry["retried"] = shard["retried"]  # stage -> retries it took
+        entry["label_counts"] = counts(shard["labels"])
         shard["entry"] = entry

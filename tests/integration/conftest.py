@@ -16,6 +16,8 @@ def local_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("build") / "out"
     result = run_cli("raypipe.build", *BUILD_ARGS, "--out-dir", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (out.parent / "console.stdout").write_text(result.stdout)
+    (out.parent / "console.stderr").write_text(result.stderr)
     return out
 
 

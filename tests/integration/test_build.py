@@ -1,10 +1,11 @@
 """The embedded-default build end to end: real Ray, real vLLM (CPU), real Transformers, the real embedded model."""
 
 import json
+import re
 
 import torch
 
-from raypipe.stages.label import has_ngram_loop
+from raypipe.labels.loop import has_ngram_loop
 from raypipe.store import load_rollouts, load_split, read_manifest
 from tests.conftest import run_cli
 from tests.integration.conftest import BUILD_ARGS
@@ -70,7 +71,7 @@ def test_rollouts_are_the_models_greedy_continuations(local_build, embedded_path
 
 def test_it_streams_first_shard_written_before_the_last_rollout_ends(local_build):
     shards = [s for split in read_manifest(local_build)["splits"].values() for s in split["shards"].values()]
-    assert min(s["stats"]["written_at"] for s in shards) < max(s["stats"]["rollout_end"] for s in shards)
+    assert min(s["stats"]["write"]["end"] for s in shards) < max(s["stats"]["rollout"]["end"] for s in shards)
 
 
 def test_rerun_skips_complete_shards_and_changes_nothing(local_build):
@@ -92,3 +93,15 @@ def test_rerun_with_another_config_is_refused_naming_the_fields(local_build):
 def test_status_reports_shards(local_build):
     result = run_cli("raypipe.cli", "status", str(local_build))
     assert result.returncode == 0 and "train: 3 complete" in result.stdout and "test: 1 complete" in result.stdout
+
+
+def test_the_console_shows_one_line_per_stage_and_the_next_commands(local_build):
+    """What a user sees: raypipe's progress per stage and the commands to run next, not Ray Data's blocks."""
+    stdout = (local_build.parent / "console.stdout").read_text()
+    stderr = (local_build.parent / "console.stderr").read_text()
+    assert re.search(r"raypipe: rollout 4/4, [\d,]+ tok/s \| label 4/4 \| prefill 4/4, [\d,]+ tok/s \| write 4/4", stdout)
+    for command in (f"raypipe status {local_build}", f"raypipe train --data-dir {local_build} --out-dir",
+                    f"raypipe sweep --data-dir {local_build} --out-dir"):
+        assert command in stdout
+    for noise in ("Running Dataset", "Active & requested resources", "- MapBatches(", "INFO streaming_executor"):
+        assert noise not in stdout + stderr, noise

@@ -45,7 +45,7 @@ def test_build_spreads_over_nodes_and_survives_losing_the_rollout_node(cluster, 
     while (first := _first_complete(out)) is None and time.time() < deadline and driver.poll() is None:
         time.sleep(0.2)
     assert first is not None, (tmp_path / "driver.log").read_text()[-3000:]
-    rollout_node, prefill_node = first["stats"]["rollout_node"], first["stats"]["prefill_node"]
+    rollout_node, prefill_node = first["stats"]["rollout"]["node"], first["stats"]["prefill"]["node"]
     worker_ids = {w.node_id: w for w in workers}
     assert rollout_node in worker_ids and prefill_node in worker_ids and rollout_node != prefill_node
 
@@ -57,6 +57,6 @@ def test_build_spreads_over_nodes_and_survives_losing_the_rollout_node(cluster, 
         assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert_same_dataset(out, local_build)
     shards = [s for d in read_manifest(out)["splits"].values() for s in d["shards"].values()]
-    after_loss = [s for s in shards if s["stats"]["rollout_end"] > removed_at]
+    after_loss = [s for s in shards if s["stats"]["rollout"]["end"] > removed_at]
     assert after_loss, "the node was removed after every rollout had ended: the loss was not mid-run"
-    assert all(s["stats"]["rollout_node"] != rollout_node for s in after_loss)
+    assert all(s["stats"]["rollout"]["node"] != rollout_node for s in after_loss)

@@ -13,20 +13,24 @@ from raypipe.store import load_rollouts, load_split, read_manifest
 from tests.conftest import run_cli
 
 K = 4
+MAX_MODEL_LEN = 256
+SOURCE = [{"question": f"What is {a} plus {b}? Put the answer in \\boxed{{}}.", "answer": str(a + b), "difficulty": a / 10}
+          for a, b in zip(range(1, 13), range(5, 17))]
+# Row 12 is longer than the context: truncated, it must keep its id, answer and given label (0.0, not NaN).
+SOURCE.append({"question": "Read this twice. " * 120 + "What is 2 plus 2?", "answer": "4", "difficulty": 0.0})
 
 
 @pytest.fixture(scope="module")
 def sampled_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("k4")
-    rows = [{"question": f"What is {a} plus {b}? Put the answer in \\boxed{{}}.", "answer": str(a + b),
-             "difficulty": a / 10} for a, b in zip(range(1, 13), range(5, 17))]
-    (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SOURCE))
     out = root / "out"
     result = run_cli("raypipe.build", "--train-dataset", str(root / "prompts.jsonl"), "--prompt-field", "question",
                      "--answer-field", "answer", "--label-column", "difficulty", "--num-samples", str(K),
                      "--temperature", "0.8", "--top-p", "0.95", "--seed", "3", "--max-tokens", "48",
                      "--test-fraction", "0.25", "--shard-size", "5", "--layers", "-1",
-                     "--positions", "eoi,marker:plus,answer:-2", "--out-dir", str(out))
+                     "--positions", "eoi,marker:plus,answer:-2", "--truncate-long-prompts", "--max-model-len",
+                     str(MAX_MODEL_LEN), "--out-dir", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -51,7 +55,7 @@ def test_every_label_is_stored_with_a_definition_and_sane_values(sampled_build):
         by_id = {r["row_id"]: r for r in rollouts}
         for i, row_id in enumerate(tensors["row_id"].tolist()):
             assert len(by_id[row_id]["token_ids"]) == K and len(by_id[row_id]["text"]) == K
-            assert values["difficulty"][i] == pytest.approx((row_id + 1) / 10)  # carried as given
+            assert values["difficulty"][i] == SOURCE[row_id]["difficulty"]  # carried as given, truncated or not
         high = load_probe_data(str(sampled_build), "semantic_entropy_high").splits[split].labels \
             if split == "train" else None
         if high is not None:
@@ -59,15 +63,28 @@ def test_every_label_is_stored_with_a_definition_and_sane_values(sampled_build):
 
 
 def test_samples_differ_and_correctness_matches_the_texts(sampled_build):
-    from raypipe.stages.answers import is_correct
+    from raypipe.labels.answers import is_correct
 
     tensors, rollouts = load_split(sampled_build, "train"), load_rollouts(sampled_build, "train").to_pylist()
     assert any(len({tuple(ids) for ids in row["token_ids"]}) > 1 for row in rollouts)  # sampling, not greedy
-    answers = {i: str((i + 1) + (i + 5)) for i in range(12)}
+    answers = {i: row["answer"] for i, row in enumerate(SOURCE)}
     for i, row in enumerate(rollouts):
         flags = [is_correct(text, answers[row["row_id"]]) for text in row["text"]]
         assert tensors["label.success_rate"][i].item() == pytest.approx(sum(flags) / K)
         assert tensors["label.correct"][i].item() == float(flags[0])
+
+
+def test_a_truncated_row_keeps_its_id_answer_and_columns(sampled_build, tokenizer):
+    manifest = read_manifest(sampled_build)
+    split = next(s for s in ("train", "test") if 12 in load_split(sampled_build, s)["row_id"].tolist())
+    assert manifest["skipped_rows"][split].get("prompt_truncated") == 1
+    tensors, rollouts = load_split(sampled_build, split), load_rollouts(sampled_build, split).to_pylist()
+    i = tensors["row_id"].tolist().index(12)
+    assert len(rollouts[i]["prompt_token_ids"]) == MAX_MODEL_LEN - 1 and rollouts[i]["prompt"].endswith(
+        "What is 2 plus 2?<|im_end|>\n<|im_start|>assistant\n")
+    assert tensors["prompt_length"][i].item() == MAX_MODEL_LEN - 1
+    assert tensors["label.difficulty"][i].item() == 0.0  # not NaN: the given column survived truncation
+    assert tensors["label.correct"][i].item() in (0.0, 1.0)  # the reference answer survived too
 
 
 def test_eoi_marker_and_answer_positions(sampled_build, tokenizer, embedded_path):

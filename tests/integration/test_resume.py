@@ -56,9 +56,12 @@ def test_failing_shards_are_retried_reported_and_rerun_alone_and_bad_rows_counte
     args = ["--train-dataset", str(train), "--test-dataset", str(test), "--prompt-field", "question",
             "--shard-size", "5", "--max-tokens", "16", "--out-dir", str(out)]
 
-    # train/shard-00001 fails in prefill on every attempt; test/shard-00000's rollout fails once, then succeeds.
+    # train/shard-00001 fails in prefill on every attempt; test/shard-00000's rollout fails once, then succeeds;
+    # train/shard-00000's prefill hits a fatal error (out of device memory) once: its actor must end at once and a
+    # fresh one do the shard, without spending the shard's retries.
+    faults = "prefill:train/shard-00001,rollout:test/shard-00000:1,prefill:train/shard-00000:1:fatal"
     first = run_cli("raypipe.build", *args,
-                    env={"RAYPIPE_INJECT_FAULT": "prefill:train/shard-00001,rollout:test/shard-00000:1"})
+                    env={"RAYPIPE_INJECT_FAULT": faults, "RAYPIPE_INJECT_FAULT_STATE": str(tmp_path)})
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     assert "1 shard(s) failed: train/shard-00001" in first.stderr
     manifest = read_manifest(out)
@@ -66,6 +69,11 @@ def test_failing_shards_are_retried_reported_and_rerun_alone_and_bad_rows_counte
     assert failed["status"] == "failed" and failed["attempts"] == 3 and "injected fault in prefill" in failed["error"]
     recovered = manifest["splits"]["test"]["shards"]["shard-00000"]
     assert recovered["status"] == "complete" and recovered["retried"] == {"rollout": 1}
+    replaced = manifest["splits"]["train"]["shards"]["shard-00000"]
+    marker = tmp_path / "fatal-prefill-train-shard-00000"
+    assert marker.exists(), "the fatal fault was never injected"
+    assert replaced["status"] == "complete" and "retried" not in replaced and replaced["stats"]["prefill"]["attempts"] == 1
+    assert replaced["stats"]["prefill"]["pid"] != int(marker.read_text())  # a fresh actor did it
     assert manifest["skipped_rows"]["train"] == {"empty_prompt": 1, "missing_prompt": 1, "prompt_too_long": 1}
     assert load_split(out, "train")["row_id"].tolist() == [0, 1, 2, 3, 4]  # only complete shards are read
     status = run_cli("raypipe.cli", "status", str(out))

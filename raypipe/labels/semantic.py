@@ -56,3 +56,29 @@ def best_split_threshold(values: Sequence[float]) -> float:
         if cost < best_cost:
             best, best_cost = (ordered[i - 1] + ordered[i]) / 2, cost
     return best
+
+
+def make_clusterer(method: str, nli_model: str | None = None, embedding_model: str | None = None,
+                   similarity_threshold: float = 0.9) -> Callable[[list[str]], list[int]]:
+    """texts -> cluster ids, for one of the equivalences: 'answer', 'nli' or 'embedding'. Models load here, once."""
+    if method == "answer":
+        from raypipe.labels.answers import final_answer_key
+
+        return lambda texts: answer_clusters([final_answer_key(t) for t in texts])
+    if method == "nli":
+        from raypipe.labels.semantic_models import load_nli
+
+        entails = load_nli(nli_model)
+        return lambda texts: greedy_clusters(texts, lambda a, b: entails(a, b) and entails(b, a))
+    if method != "embedding":
+        raise ValueError(f"unknown semantic clustering method {method!r}")
+    from raypipe.labels.semantic_models import load_embedder
+
+    embed = load_embedder(embedding_model)
+
+    def by_embedding(texts: list[str]) -> list[int]:
+        vectors = embed(texts)
+        return greedy_clusters(list(range(len(texts))),
+                               lambda a, b: float(vectors[a] @ vectors[b]) >= similarity_threshold)
+
+    return by_embedding

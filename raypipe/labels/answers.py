@@ -60,10 +60,15 @@ def _canonical_number(value: Fraction) -> str:
     return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
 
 
+def final_answer_key(text: str) -> str | None:
+    """The normalised final answer of a sample: what correctness and answer-equality clustering compare."""
+    return normalize_answer(extract_answer(text))
+
+
 def is_correct(text: str, reference: str | float | int | None) -> bool:
     """Whether a sample's extracted final answer equals the reference answer after normalisation."""
     if reference is None:
         return False
-    predicted = normalize_answer(extract_answer(text))
+    predicted = final_answer_key(text)
     expected = normalize_answer(extract_answer(str(reference)) if last_boxed(str(reference)) else str(reference))
     return predicted is not None and predicted == expected

@@ -1,0 +1,171 @@
+"""The label catalog: what every label means, which labels a build stores, how one shard's rows get them, and the
+labels derived from stored ones (`semantic_entropy_high`: a threshold on `semantic_entropy`).
+
+A stored label is a `label.<name>` tensor in every shard. A derived label is never stored: its definition in the
+manifest names the label it comes from and the threshold, chosen on the train split once the build is whole (or
+given with --se-threshold), and `label_values` computes it wherever labels are read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from raypipe.labels.loop import has_ngram_loop
+
+DEFINITIONS = {
+    "loop": "1 if some n-gram of the first sample's generated token ids occurs at least k times (has_ngram_loop), "
+            "else 0",
+    "loop_fraction": "fraction of the K samples that loop (has_ngram_loop with the same n, k)",
+    "max_tokens_fraction": "fraction of the K samples that stopped at the max-token limit (finish_reason 'length')",
+    "correct": "1 if the first sample's final answer (last boxed, else last number; normalised) equals the row's "
+               "reference answer, else 0; NaN without a reference",
+    "success_rate": "fraction of the K samples whose final answer is correct (the probe pipeline's regression label)",
+    "semantic_entropy": "entropy (nats) of the frequencies of the K samples' meaning clusters (greedy clustering)",
+    "semantic_entropy_high": "1 if semantic_entropy is above the threshold, else 0 (derived, not stored)",
+    "mean_logprob": "baseline: mean log-probability of the sampled tokens, averaged over the K samples",
+    "mean_token_entropy": "baseline: mean entropy of the top-k next-token distribution over generated tokens, "
+                          "averaged over the K samples (SEP's entropy baseline; top-k lower bound)",
+}
+KINDS = {"loop": "binary", "correct": "binary", "semantic_entropy_high": "binary", "mean_logprob": "baseline",
+         "mean_token_entropy": "baseline"}
+ROLLOUT_BASELINES = ("mean_logprob", "mean_token_entropy")  # computed by the rollout stage from vLLM's logprobs
+
+
+def semantic_method(config, has_answers: bool) -> str | None:
+    """The clustering used for semantic entropy, or None when it is off."""
+    if config.semantic_method == "off":
+        return None
+    if config.semantic_method == "auto":
+        return "answer" if has_answers else "embedding"
+    return config.semantic_method
+
+
+def plan(model, config, columns: Sequence[str], has_answers: bool) -> dict[str, dict]:
+    """The labels a build will have, with their definitions, as the manifest records them."""
+    names = ["loop"]
+    if model.num_samples >= 2:
+        names += ["loop_fraction", "max_tokens_fraction"]
+    if has_answers:
+        names += ["correct", "success_rate"]
+    method = semantic_method(config, has_answers) if model.num_samples >= 2 else None
+    if method:
+        names += ["semantic_entropy", "semantic_entropy_high"]
+    if model.entropy_top_k > 0:
+        names += list(ROLLOUT_BASELINES)
+    labels = {name: {"kind": KINDS.get(name, "continuous"), "definition": DEFINITIONS[name], "counts": {}}
+              for name in names}
+    labels["loop"]["params"] = {"n": model.loop_n, "k": model.loop_k}
+    if method:
+        labels["semantic_entropy"]["params"] = {"method": method, "nli_model": config.nli_model,
+                                                "embedding_model": config.embedding_model,
+                                                "similarity_threshold": config.similarity_threshold}
+        given = config.se_threshold is not None
+        labels["semantic_entropy_high"].update(derived_from="semantic_entropy", params={
+            "threshold": config.se_threshold,
+            "chosen_by": "--se-threshold" if given else "best split of the train split's semantic_entropy, chosen "
+                                                        "once every shard is complete"})
+    for column in columns:  # a source column wins over a computed label of the same name
+        labels[column] = {"kind": "given", "definition": f"the source's column {column!r}, as given", "counts": {}}
+    return labels
+
+
+def stored(planned: dict[str, dict]) -> list[str]:
+    """Names of the labels that shards hold as tensors (derived labels are computed when read)."""
+    return [name for name, definition in planned.items() if not definition.get("derived_from")]
+
+
+# --- one shard ------------------------------------------------------------------------------------------------------
+
+def _fraction(flags) -> float:
+    flags = list(flags)
+    return sum(flags) / len(flags) if flags else float("nan")
+
+
+def row_labels(samples: list[list[int]], texts: list[str], finish: list[str], answer: str | None, *, loop_n: int,
+               loop_k: int, cluster: Callable[[list[str]], list[int]] | None = None) -> dict[str, float]:
+    """Every rollout-derived label of one prompt from its K samples (cluster: texts -> cluster ids, or None)."""
+    from raypipe.labels.answers import is_correct
+    from raypipe.labels.semantic import cluster_entropy
+
+    loops = [has_ngram_loop(ids, loop_n, loop_k) for ids in samples]
+    labels: dict[str, float] = {"loop": int(loops[0]), "loop_fraction": _fraction(loops),
+                                "max_tokens_fraction": _fraction(reason == "length" for reason in finish)}
+    if answer is not None:
+        correct = [is_correct(text, answer) for text in texts]
+        labels["correct"], labels["success_rate"] = float(correct[0]), _fraction(correct)
+    else:
+        labels["correct"] = labels["success_rate"] = float("nan")
+    if cluster is not None:
+        labels["semantic_entropy"] = cluster_entropy(cluster(texts))
+    return labels
+
+
+def label_shard(shard: dict[str, Any], planned: dict[str, dict], *, loop_n: int, loop_k: int,
+                cluster: Callable[[list[str]], list[int]] | None = None) -> dict[str, list]:
+    """The stored labels of one shard's rows, one list per label, from its rollouts and source columns."""
+    rows = [row_labels(samples, texts, finish, answer, loop_n=loop_n, loop_k=loop_k, cluster=cluster)
+            for samples, texts, finish, answer in zip(shard["token_ids"], shard["text"], shard["finish_reason"],
+                                                      shard["answer"])]
+    labels: dict[str, list] = {}
+    for name in stored(planned):
+        if planned[name]["kind"] == "given":
+            labels[name] = [columns[name] for columns in shard["columns"]]
+        elif name in ROLLOUT_BASELINES:
+            labels[name] = list(shard[name])
+        else:
+            labels[name] = [row[name] for row in rows]
+    return labels
+
+
+def counts(labels: dict[str, Sequence[float]]) -> dict[str, dict[str, int]]:
+    """Rows per class of every label whose present values are all 0/1 (NaN marks a row without a value)."""
+    result: dict[str, dict[str, int]] = {}
+    for name, values in labels.items():
+        present = [v for v in np.asarray(values, dtype=np.float64).tolist() if v == v]
+        if present and all(v in (0.0, 1.0) for v in present):
+            result[name] = dict(sorted(Counter(str(int(v)) for v in present).items()))
+    return result
+
+
+# --- derived labels -------------------------------------------------------------------------------------------------
+
+def label_values(planned: dict[str, dict], name: str, tensors: dict[str, Any]) -> np.ndarray:
+    """A label's values (float64, NaN where a row has none) from a split's tensors or arrays, stored or derived."""
+    definition = planned[name]
+    source = definition.get("derived_from")
+    if not source:
+        return np.asarray(tensors[f"label.{name}"], dtype=np.float64)
+    threshold = definition["params"]["threshold"]
+    if threshold is None:
+        from raypipe.errors import UserError
+
+        raise UserError(f"label {name!r} has no threshold yet: it is chosen once every shard of the build is complete")
+    values = np.asarray(tensors[f"label.{source}"], dtype=np.float64)
+    return np.where(np.isnan(values), np.nan, (values > threshold).astype(np.float64))
+
+
+def finish_derived(planned: dict[str, dict], values_of: Callable[[str, str], np.ndarray], splits: Sequence[str]) -> None:
+    """Once every shard is complete: choose the thresholds not given (best split of the train values) and count the
+    derived labels per split. `values_of(split, name)` reads a stored label of a split."""
+    from raypipe.labels.semantic import best_split_threshold
+
+    for name, definition in planned.items():
+        source = definition.get("derived_from")
+        if not source:
+            continue
+        params = definition["params"]
+        if params["threshold"] is None:
+            train = [v for v in values_of("train", source).tolist() if not math.isnan(v)]
+            if not train:
+                continue
+            params["threshold"] = best_split_threshold(train)
+        definition["counts"] = {}
+        for split in splits:
+            derived = label_values(planned, name, {f"label.{source}": values_of(split, source)})
+            definition["counts"][split] = counts({name: derived}).get(name, {})
+
