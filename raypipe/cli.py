@@ -19,6 +19,7 @@ from raypipe.config import (DEFAULT_PRESET, PRESETS, BuildConfig, FeatureConfig,
                             get_preset)
 from raypipe.errors import UserError
 from raypipe.probes.config import SweepConfig, TrainConfig
+from raypipe.probes.evaluate import EvaluateConfig
 
 
 def default(config_class, name: str):
@@ -74,12 +75,21 @@ def build(
     embedding_model: str = typer.Option(default(LabelConfig, "embedding_model"), help="Sentence-embedding model (path or hub "
                                                                            "id) for the cosine fallback."),
     similarity_threshold: float = typer.Option(default(LabelConfig, "similarity_threshold"), help="Cosine similarity at which two samples mean the same."),
+    answer_match: str = typer.Option(default(LabelConfig, "answer_match"), help="How final answers are compared with "
+                                     "references: math (math-verify), exact (normalised string), auto (math when the "
+                                     "references look mathematical)."),
     se_threshold: Optional[float] = typer.Option(None, help="semantic_entropy_high = entropy > this; default: the "
                                                             "best split of the train values, found after the build."),
     entropy_top_k: Optional[int] = typer.Option(None, help="Top-k logprobs behind the entropy/logprob baselines "
                                                            "(0: off)."),
     shard_size: int = typer.Option(default(BuildConfig, "shard_size"), help="Rows per shard: the unit of work, retry and resume."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output folder built with another config."),
+    backend: str = typer.Option(default(BuildConfig, "backend"), help="Generation backend: vllm, hf (transformers "
+                                                                      "generate), none (no rollouts)."),
+    placement: str = typer.Option(default(BuildConfig, "placement"), help="On GPUs: auto, colocated (prefill on the "
+                                                                          "engines' GPUs), separate (GPUs of its own)."),
+    gpu_memory_gb: Optional[float] = typer.Option(None, help="Memory of one GPU, for placement (default: asked of a "
+                                                             "GPU of the cluster)."),
     max_retries: int = typer.Option(default(BuildConfig, "max_retries"), help="Retries of a shard's failing stage before it is marked failed."),
     # model overrides: None keeps the preset's value
     model_id: Optional[str] = typer.Option(None, help="Hub id or local checkpoint folder."),
@@ -99,6 +109,7 @@ def build(
     loop_k: Optional[int] = typer.Option(None, help="Loop label: repetitions that count as a loop."),
     prefill_actors: Optional[int] = typer.Option(None, help="Transformers actors for prefill features."),
     prefill_batch_tokens: Optional[int] = typer.Option(None, help="Token budget of one prefill batch."),
+    shards_in_flight: Optional[int] = typer.Option(None, help="Shards one engine actor holds at once."),
 ) -> None:
     """Build a probe dataset: rollouts, labels and prefill hidden states, as safetensors shards with a manifest."""
     try:
@@ -108,9 +119,11 @@ def build(
             gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
             trust_remote_code=trust_remote_code, loop_n=loop_n, loop_k=loop_k, prefill_actors=prefill_actors,
             prefill_batch_tokens=prefill_batch_tokens, num_samples=num_samples, entropy_top_k=entropy_top_k,
+            shards_in_flight=shards_in_flight,
         ))
         config = BuildConfig(
-            out_dir=out_dir, model=model, shard_size=shard_size, max_retries=max_retries,
+            out_dir=out_dir, model=model, shard_size=shard_size, max_retries=max_retries, backend=backend,
+            placement=placement, gpu_memory_gb=gpu_memory_gb,
             source=SourceConfig(train_dataset=train_dataset, train_split=train_split, test_dataset=test_dataset,
                                 test_split=test_split, prompt_field=prompt_field, id_field=id_field,
                                 test_fraction=test_fraction,
@@ -120,7 +133,8 @@ def build(
             features=FeatureConfig(layers=layers, positions=positions, eoi_tokens=eoi_tokens,
                                    missing_marker=missing_marker),
             labels=LabelConfig(semantic_method=semantic_method, nli_model=nli_model, embedding_model=embedding_model,
-                               similarity_threshold=similarity_threshold, se_threshold=se_threshold),
+                               similarity_threshold=similarity_threshold, se_threshold=se_threshold,
+                               answer_match=answer_match),
         )
         from raypipe.pipeline import run_build
 
@@ -241,6 +255,68 @@ def _fmt(value) -> str:
 
 app.command("train")(train)
 app.command("sweep")(sweep)
+
+
+@app.command("evaluate")
+def evaluate(
+    data_dir: str = DATA_DIR, out_dir: str = OUT_DIR,
+    layers: Optional[str] = typer.Option(None, help="Hidden-state layers, e.g. '10,20,-1' (default: every stored)."),
+    positions: Optional[str] = typer.Option(None, help="Positions (default: SEP's -1 and answer:-2 where stored)."),
+    alpha: float = typer.Option(default(EvaluateConfig, "alpha"), help="Logistic probes: C = 1/alpha."),
+    resamples: int = RESAMPLES, seed: int = SEED,
+) -> None:
+    """SEP's evaluation: accuracy and SE probes and the baselines at predicting the model's incorrectness."""
+    try:
+        from raypipe.probes.evaluate import run_evaluate
+
+        evaluation = run_evaluate(EvaluateConfig(data_dir=data_dir, out_dir=out_dir, layers=layers,
+                                                 positions=positions, alpha=alpha, resamples=resamples, seed=seed))
+    except UserError as exc:
+        _fail(str(exc))
+    for name, probe in evaluation["probes"].items():
+        if "best" in probe:
+            cell = probe["cells"][probe["best"]]
+            typer.echo(f"{name} probe: best layer {cell['layer']}, position {cell['position']}: ROC-AUC "
+                       f"{_fmt(cell['value'])} (95% CI {_fmt(cell['ci95'][0])}..{_fmt(cell['ci95'][1])}, "
+                       f"p={_fmt(cell['p_value'])})")
+        else:
+            typer.echo(f"{name} probe: skipped ({probe['skipped']})")
+    for name, baseline in evaluation["baselines"].items():
+        typer.echo(f"{name} baseline: ROC-AUC {_fmt(baseline['value'])}")
+    typer.echo(f"Wrote {out_dir}/probe_eval.json and roc_probe_eval.png")
+
+
+@app.command("explore")
+def explore(
+    data_dir: str = typer.Argument(..., help="A build's output folder."),
+    probe: Optional[str] = typer.Option(None, "--probe", help="A `raypipe train` output folder."),
+    sweep_dir: Optional[str] = typer.Option(None, "--sweep", help="A `raypipe sweep` output folder."),
+    eval_dir: Optional[str] = typer.Option(None, "--eval", help="A `raypipe evaluate` output folder."),
+    edit: bool = typer.Option(True, "--edit/--app", help="Open the notebook for editing, or as a read-only app."),
+    port: Optional[int] = typer.Option(None, help="Port of marimo's server."),
+    headless: bool = typer.Option(False, "--headless", help="Do not open a browser."),
+) -> None:
+    """Open the marimo explorer (notebooks/explorer.py) over a build and its probe outputs."""
+    import subprocess
+    from pathlib import Path
+
+    import raypipe
+    from raypipe.store import read_manifest
+
+    try:
+        read_manifest(data_dir)
+    except UserError as exc:
+        _fail(str(exc))
+    notebook = Path(raypipe.__file__).resolve().parents[1] / "notebooks" / "explorer.py"
+    if not notebook.is_file():
+        _fail(f"the explorer notebook is not at {notebook}: install raypipe from a checkout (pip install -e .)")
+    command = [sys.executable, "-m", "marimo", "edit" if edit else "run", str(notebook)]
+    command += (["--headless"] if headless else []) + (["--port", str(port)] if port else [])
+    command += ["--", "--data-dir", os.path.abspath(data_dir)]
+    for flag, folder in (("--probe-dir", probe), ("--sweep-dir", sweep_dir), ("--eval-dir", eval_dir)):
+        if folder:
+            command += [flag, os.path.abspath(folder)]
+    raise typer.Exit(subprocess.call(command))
 
 
 def _without_sweep_flag(args: list[str]) -> tuple[list[str], bool]:

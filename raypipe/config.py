@@ -38,13 +38,15 @@ class ModelConfig:
     loop_k: int = 20  # ... occurs at least k times (loop_probe's 30 and 20)
     num_samples: int = 1  # K samples per prompt (vLLM's n); labels over samples need K >= 2
     entropy_top_k: int = 20  # top-k logprobs per generated token for the entropy/logprob baselines (0: off)
-    prefill_actors: int = 1  # Transformers actors computing hidden states
+    prefill_actors: int = 1  # Transformers actors computing hidden states (cpu and separate placements)
     prefill_batch_tokens: int = 16384  # token budget of one length-sorted prefill batch
+    shards_in_flight: int = 2  # shards one engine actor holds at once: its engine stays full across shard boundaries
+    hf_batch_tokens: int = 32768  # hf backend: K x rows x (prompt + max_tokens) of one generate call
     description: str = ""
 
     def __post_init__(self) -> None:
         for name in ("tp", "dp", "max_model_len", "max_num_seqs", "max_tokens", "loop_n", "loop_k",
-                     "prefill_actors", "prefill_batch_tokens", "num_samples"):
+                     "prefill_actors", "prefill_batch_tokens", "num_samples", "shards_in_flight", "hf_batch_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -198,6 +200,7 @@ class LabelConfig:
     embedding_model: str = DEFAULT_EMBEDDING_MODEL  # sentence embeddings for the cosine fallback
     similarity_threshold: float = 0.9  # cosine similarity at which two samples mean the same
     se_threshold: float | None = None  # semantic_entropy_high = entropy > this; None: best split over train
+    answer_match: Literal["auto", "math", "exact"] = "auto"  # auto: math when the references look mathematical
 
     def __post_init__(self) -> None:
         if self.semantic_method not in ("auto", "answer", "nli", "embedding", "off"):
@@ -205,6 +208,8 @@ class LabelConfig:
                             f"{self.semantic_method!r}")
         if self.semantic_method == "nli" and not self.nli_model:
             raise UserError("--semantic-method nli needs --nli-model (a local path or hub id)")
+        if self.answer_match not in ("auto", "math", "exact"):
+            raise UserError(f"--answer-match must be auto, math or exact, got {self.answer_match!r}")
         if not -1.0 <= self.similarity_threshold <= 1.0:
             raise UserError(f"--similarity-threshold must be in [-1, 1], got {self.similarity_threshold}")
 
@@ -218,12 +223,21 @@ class BuildConfig:
     labels: LabelConfig = field(default_factory=LabelConfig)
     shard_size: int = 64  # rows per shard: the unit of work, retry and resume
     max_retries: int = 2  # a shard's stage work is tried 1 + max_retries times before the shard is marked failed
+    backend: Literal["vllm", "hf", "none"] = "vllm"  # generation backend (raypipe/engines/); none: no rollouts
+    placement: Literal["auto", "colocated", "separate"] = "auto"  # on GPUs: see raypipe/placement.py
+    gpu_memory_gb: float | None = None  # per GPU; None: asked of a GPU of the cluster
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
             raise UserError(f"shard_size must be at least 1, got {self.shard_size}")
         if self.max_retries < 0:
             raise UserError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.backend not in ("vllm", "hf", "none"):
+            raise UserError(f"--backend must be vllm, hf or none, got {self.backend!r}")
+        if self.placement not in ("auto", "colocated", "separate"):
+            raise UserError(f"--placement must be auto, colocated or separate, got {self.placement!r}")
+        if self.gpu_memory_gb is not None and self.gpu_memory_gb <= 0:
+            raise UserError(f"--gpu-memory-gb must be positive, got {self.gpu_memory_gb}")
         self.features.position_specs()  # validate early
 
     def to_dict(self) -> dict[str, Any]:

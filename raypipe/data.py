@@ -8,14 +8,15 @@ stable integer `row_id`: its index in its source (or the source's own integer id
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from raypipe.config import SourceConfig
 from raypipe.errors import UserError
+from raypipe.positions import row_offsets
 
 BUILTIN_PREFIX = "builtin:"
 LOCAL_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -143,78 +144,133 @@ def split_ids(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[
     return sorted(order[n_test:]), sorted(order[:n_test])
 
 
-def load_splits(source: SourceConfig) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, int]]]:
-    """Rows per split as {'row_id', 'question', 'answer'}, and per split the rows skipped, counted by reason."""
-    train_spec = source.train_dataset or f"{BUILTIN_PREFIX}arithmetic"
-    train = _select(load_source(train_spec, source.train_split, source.builtin_size, source.seed), train_spec, source)
-    if source.test_dataset is not None:
-        test = _select(load_source(source.test_dataset, source.test_split, source.builtin_size, source.seed + 1),
-                       source.test_dataset, source)
-        parts = {"train": (train, range(len(train))), "test": (test, range(len(test)))}
+@dataclass
+class Source:
+    """One loaded dataset: an Arrow table of the columns a build reads (memory-mapped, not Python objects), and what
+    those columns are."""
+
+    spec: str
+    table: Any  # pyarrow.Table, or an ObjectRef of one inside a Ray stage
+    prompt_field: str
+    answer_field: str | None
+    label_columns: list[str]
+    id_field: str | None
+    features: Any = None  # datasets.Features: how to decode columns Arrow cannot type (mixed JSON values)
+
+    def column(self, part, name: str) -> list:
+        values = part.column(name).to_pylist()
+        return self.features.decode_column(values, name) if self.features is not None else values
+
+    @property
+    def has_answers(self) -> bool:
+        return self.answer_field is not None and self.table.column(self.answer_field).null_count < len(self.table)
+
+
+@dataclass
+class SplitRows:
+    """The rows of one split: which source, its row indices there (in order), and their row ids."""
+
+    source: str  # key of the split's Source: "train", or "test" for a separate test source
+    indices: list[int]
+    row_ids: list[int]
+
+
+def open_sources(config: SourceConfig) -> tuple[dict[str, Source], dict[str, SplitRows]]:
+    """Load the sources and decide each split's rows, without reading a single prompt into Python."""
+    train_spec = config.train_dataset or f"{BUILTIN_PREFIX}arithmetic"
+    sources = {"train": _source(load_source(train_spec, config.train_split, config.builtin_size, config.seed),
+                                train_spec, config)}
+    if config.test_dataset is not None:
+        sources["test"] = _source(load_source(config.test_dataset, config.test_split, config.builtin_size,
+                                              config.seed + 1), config.test_dataset, config)
+        parts = {split: (split, list(range(len(sources[split].table)))) for split in ("train", "test")}
     else:
-        train_ids, test_ids = split_ids(len(train), source.test_fraction, source.seed)
-        parts = {"train": (train, train_ids), "test": (train, test_ids)}
-    rows, skipped = {}, {}
-    for split, (dataset, ids) in parts.items():
-        rows[split], skipped[split] = _rows(dataset, ids, source)
-    return rows, skipped
+        train_ids, test_ids = split_ids(len(sources["train"].table), config.test_fraction, config.seed)
+        parts = {"train": ("train", train_ids), "test": ("train", test_ids)}
+    splits = {}
+    for split, (key, indices) in parts.items():
+        source = sources[key]
+        ids = indices if source.id_field is None else \
+            source.table.column(source.id_field).take(indices).to_pylist()
+        splits[split] = SplitRows(key, indices, ids)
+    return sources, splits
 
 
-def _select(dataset, spec: str, source: SourceConfig):
-    if source.prompt_field not in dataset.column_names:
-        raise UserError(
-            f"prompt field {source.prompt_field!r} is not in {spec}; its columns are: {', '.join(dataset.column_names)}"
-        )
-    if source.id_field is not None and source.id_field not in dataset.column_names:
-        raise UserError(f"id field {source.id_field!r} is not in {spec}; its columns are: "
-                        f"{', '.join(dataset.column_names)}")
-    for column in ([source.answer_field] if source.answer_field else []) + list(source.label_columns):
-        if column not in dataset.column_names:
-            kind = "answer field" if column == source.answer_field else "label column"
-            raise UserError(f"{kind} {column!r} is not in {spec}; its columns are: {', '.join(dataset.column_names)}")
-    if len(dataset) == 0:
-        raise UserError(f"dataset {spec} is empty")
-    if source.max_samples is not None:
-        dataset = dataset.select(range(min(source.max_samples, len(dataset))))
-    if source.id_field is not None:
-        ids = dataset[source.id_field]
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise UserError(f"id field {source.id_field!r} of {spec} must hold integers")
-        duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
-        if duplicates:
-            raise UserError(f"id field {source.id_field!r} of {spec} has duplicate ids, e.g. {duplicates[:5]}")
-    return dataset
+def read_rows(source: Source, indices: list[int], row_ids: list[int]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The usable rows among these indices as {'row_id', 'question', 'answer', 'columns'}; a missing, empty or
+    non-string prompt is skipped and counted by reason, never fails the build."""
+    import pyarrow as pa
 
-
-def _rows(dataset, ids, source: SourceConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Usable rows; a missing, empty or non-string prompt is skipped and counted, never fails the build."""
-    questions = dataset[source.prompt_field]
-    answer_field = source.answer_field or ("answer" if "answer" in dataset.column_names else None)
-    answers = dataset[answer_field] if answer_field else None
-    columns = {name: dataset[name] for name in source.label_columns}
-    row_ids = dataset[source.id_field] if source.id_field is not None else None
+    part = source.table.take(pa.array(indices, type=pa.int64()))
+    questions = source.column(part, source.prompt_field)
+    answers = source.column(part, source.answer_field) if source.answer_field else [None] * len(indices)
+    columns = {name: source.column(part, name) for name in source.label_columns}
     rows, skipped = [], {}
-    for i in ids:
-        question = questions[i]
+    for i, (question, answer, row_id) in enumerate(zip(questions, answers, row_ids)):
         reason = ("missing_prompt" if question is None else "non_string_prompt" if not isinstance(question, str)
                   else "empty_prompt" if not question.strip() else None)
         if reason:
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
-        rows.append({"row_id": i if row_ids is None else row_ids[i], "question": question,
-                     "answer": None if answers is None or answers[i] is None else str(answers[i]),
+        rows.append({"row_id": row_id, "question": question, "answer": None if answer is None else str(answer),
                      "columns": {name: _label_value(values[i], name) for name, values in columns.items()}})
     return rows, skipped
 
 
+def load_splits(config: SourceConfig) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, int]]]:
+    """Every split's usable rows, read into Python at once (small sources, tests), and the rows skipped per split."""
+    sources, splits = open_sources(config)
+    rows, skipped = {}, {}
+    for split, part in splits.items():
+        rows[split], skipped[split] = read_rows(sources[part.source], part.indices, part.row_ids)
+    return rows, skipped
+
+
 def _label_value(value, column: str) -> float:
-    """A given label as a float (booleans as 0/1); a missing value is NaN, which probes skip."""
-    if value is None:
-        return float("nan")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"label column {column!r} must hold numbers or booleans, got {value!r}")
+    """A given label as a float (booleans as 0/1); a missing value is NaN, which probes count and skip."""
+    return float("nan") if value is None else float(value)
+
+
+def _source(dataset, spec: str, config: SourceConfig) -> Source:
+    """Check a loaded dataset's columns and ids before any work, and keep only the columns a build reads."""
+    import numpy as np
+    import pyarrow.types as pat
+
+    names = dataset.column_names
+    if config.prompt_field not in names:
+        raise UserError(f"prompt field {config.prompt_field!r} is not in {spec}; its columns are: {', '.join(names)}")
+    if config.id_field is not None and config.id_field not in names:
+        raise UserError(f"id field {config.id_field!r} is not in {spec}; its columns are: {', '.join(names)}")
+    for column in ([config.answer_field] if config.answer_field else []) + list(config.label_columns):
+        if column not in names:
+            kind = "answer field" if column == config.answer_field else "label column"
+            raise UserError(f"{kind} {column!r} is not in {spec}; its columns are: {', '.join(names)}")
+    if len(dataset) == 0:
+        raise UserError(f"dataset {spec} is empty")
+    answer_field = config.answer_field or ("answer" if "answer" in names else None)
+    columns = list(dict.fromkeys(c for c in (config.prompt_field, answer_field, config.id_field,
+                                             *config.label_columns) if c))
+    if getattr(dataset, "_indices", None) is not None:  # a selected view: its rows in order, as a plain table
+        dataset = dataset.flatten_indices()
+    table = dataset.data.table.select(columns)
+    if config.max_samples is not None:
+        table = table.slice(0, min(config.max_samples, len(table)))
+    for name in config.label_columns:
+        kind = table.schema.field(name).type
+        if not (pat.is_integer(kind) or pat.is_floating(kind) or pat.is_boolean(kind) or pat.is_null(kind)):
+            raise UserError(f"label column {name!r} of {spec} must hold numbers or booleans, got {kind}")
+    if config.id_field is not None:
+        kind = table.schema.field(config.id_field).type
+        if not pat.is_integer(kind) or table.column(config.id_field).null_count:
+            raise UserError(f"id field {config.id_field!r} of {spec} must hold integers")
+        ids = table.column(config.id_field).to_numpy()
+        values, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            raise UserError(f"id field {config.id_field!r} of {spec} has duplicate ids, e.g. "
+                            f"{values[counts > 1][:5].tolist()}")
+    features = dataset.features if any(type(dataset.features[c]).__name__ != "Value" for c in columns) else None
+    return Source(spec, table, config.prompt_field, answer_field, list(config.label_columns), config.id_field,
+                  features)
 
 
 # --- templating and tokenization -----------------------------------------------------------------------------------
@@ -237,3 +293,39 @@ def to_prompt_rows(rows: list[dict[str, Any]], tokenizer, chat_template: bool) -
     encoded = tokenizer(texts, add_special_tokens=not chat_template)["input_ids"]
     return [PromptRow(r["row_id"], text, list(ids), r["answer"], r.get("columns", {}))
             for r, text, ids in zip(rows, texts, encoded)]
+
+
+def usable_rows(prompts: list[PromptRow], config, positions: list[int | str], tokenizer):
+    """Prompts the model can take; the others are skipped and counted by reason, never fail a shard.
+
+    With --truncate-long-prompts a prompt over the context keeps its last max_model_len - 1 tokens instead (the end
+    holds the chat template's assistant turn), and everything else about its row (id, answer, label columns); its
+    stored text is those tokens decoded, and it is counted as `prompt_truncated`.
+    """
+    kept, skipped = [], {}
+    limit = config.model.max_model_len - 1
+    fixed = [p for p in positions if isinstance(p, int)]
+    min_tokens = -min(fixed) if fixed else 1
+    for row in prompts:
+        reason = None
+        if len(row.prompt_token_ids) > limit and config.source.truncate_long_prompts:
+            ids = row.prompt_token_ids[-limit:]
+            row = dataclasses.replace(row, prompt=tokenizer.decode(ids), prompt_token_ids=ids)
+            skipped["prompt_truncated"] = skipped.get("prompt_truncated", 0) + 1
+        if len(row.prompt_token_ids) > limit:
+            reason = "prompt_too_long"
+        elif len(row.prompt_token_ids) < min_tokens:
+            reason = "prompt_shorter_than_positions"
+        if not reason:
+            row.offsets = row_offsets(positions, tokenizer, row.prompt, row.prompt_token_ids)
+            if row.offsets is None:
+                if config.features.missing_marker == "fail":
+                    raise UserError(f"row {row.row_id}: its prompt does not contain the marker of --positions "
+                                    f"({', '.join(p for p in positions if isinstance(p, str))}); "
+                                    f"--missing-marker skip counts such rows instead")
+                reason = "marker_absent"
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+        else:
+            kept.append(row)
+    return kept, skipped

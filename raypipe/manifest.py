@@ -18,10 +18,13 @@ from raypipe.fs import Location
 from raypipe.plan import SPLITS, BuildInputs, ShardPlan
 from raypipe.store import FORMAT, MANIFEST, read_manifest, verify_shard, write_manifest
 
+KEPT = {"prompt_truncated"}  # counted in skipped_rows, yet the row is kept (its prompt's end)
+
 # Fields that change how fast a build runs, never what it writes: a resume may change them.
 RUNTIME_FIELDS = {
-    "out_dir", "max_retries", "model.name", "model.description", "model.tp", "model.dp", "model.max_num_seqs",
-    "model.gpu_memory_utilization", "model.enforce_eager", "model.prefill_actors", "model.prefill_batch_tokens",
+    "out_dir", "max_retries", "placement", "gpu_memory_gb", "model.name", "model.description", "model.tp", "model.dp",
+    "model.max_num_seqs", "model.gpu_memory_utilization", "model.enforce_eager", "model.prefill_actors",
+    "model.prefill_batch_tokens", "model.shards_in_flight", "model.hf_batch_tokens",
 }
 
 
@@ -93,7 +96,7 @@ class Manifest:
                 "dtype": model.dtype if model.dtype != "auto" else "auto",
             },
             "labels": prepared.labels,
-            "skipped_rows": prepared.skipped,
+            "skipped_rows": {},
             "splits": {},
         })
         manifest._plan(plans)
@@ -105,8 +108,7 @@ class Manifest:
         for plan in plans:
             shards = splits.setdefault(plan.split, {"shards": {}})["shards"]
             entry = shards.setdefault(plan.name, {"status": "pending"})
-            entry.update({"planned_rows": len(plan.rows),
-                          "row_id_range": [plan.rows[0].row_id, plan.rows[-1].row_id]})
+            entry.update({"planned_rows": len(plan.indices), "row_id_range": [plan.row_ids[0], plan.row_ids[-1]]})
 
     def _recheck_complete_shards(self) -> None:
         """On resume, a complete shard whose files are missing or fail their sha256 is built again."""
@@ -120,7 +122,7 @@ class Manifest:
                     print(f"raypipe: {exc}; rebuilding {split}/{name}", flush=True)
                     shard.clear()
                     shard.update(status="pending", note=f"rebuilt after: {exc}")
-        self._count_labels()
+        self._tally()
 
     def pending(self, plans: list[ShardPlan]) -> list[ShardPlan]:
         shards = self.data["splits"]
@@ -129,11 +131,12 @@ class Manifest:
     def complete(self, entry: dict[str, Any]) -> None:
         """Record a shard whose files are on disk, then rewrite the manifest (the shard's completion marker)."""
         shard = self.data["splits"][entry["split"]]["shards"][entry["name"]]
-        if entry["rows"] != shard["planned_rows"]:
-            raise RuntimeError(f"{entry['split']}/{entry['name']} has {entry['rows']} rows, planned "
-                               f"{shard['planned_rows']}")
+        accounted = entry["rows"] + sum(n for reason, n in entry.get("skipped", {}).items() if reason not in KEPT)
+        if accounted != shard["planned_rows"]:
+            raise RuntimeError(f"{entry['split']}/{entry['name']} has {entry['rows']} rows and skipped "
+                               f"{entry.get('skipped', {})}, planned {shard['planned_rows']}")
         shard.update(entry, status="complete")
-        self._count_labels()
+        self._tally()
         self.write()
 
     def fail(self, entry: dict[str, Any]) -> None:
@@ -146,7 +149,7 @@ class Manifest:
         return [f"{split}/{name}" for split, data in self.data["splits"].items()
                 for name, shard in sorted(data["shards"].items()) if shard["status"] == "failed"]
 
-    def _count_labels(self) -> None:
+    def _tally(self) -> None:
         for name, label in self.data["labels"].items():
             if label.get("derived_from"):  # counted once the build is whole (labels.catalog.finish_derived)
                 continue
@@ -157,9 +160,27 @@ class Manifest:
                     for value, n in shard.get("label_counts", {}).get(name, {}).items():
                         counts[value] = counts.get(value, 0) + n
                 label["counts"][split] = dict(sorted(counts.items()))
-        for split_data in self.data["splits"].values():
-            split_data["rows"] = sum(s.get("rows", 0) for s in split_data["shards"].values()
-                                     if s["status"] == "complete")
+        self.data["skipped_rows"] = {}
+        for split, split_data in self.data["splits"].items():
+            complete = [s for s in split_data["shards"].values() if s["status"] == "complete"]
+            split_data["rows"] = sum(s.get("rows", 0) for s in complete)
+            skipped: dict[str, int] = {}
+            for shard in complete:
+                for reason, n in shard.get("skipped", {}).items():
+                    skipped[reason] = skipped.get(reason, 0) + n
+            self.data["skipped_rows"][split] = dict(sorted(skipped.items()))
+            if "correct" in self.data["labels"]:  # rows and samples with a reference but no final answer
+                answer_counts: dict[str, int] = {}
+                for shard in complete:
+                    for key, n in shard.get("answer_counts", {}).items():
+                        answer_counts[key] = answer_counts.get(key, 0) + n
+                self.data["labels"]["correct"].setdefault("no_final_answer", {})[split] = answer_counts
+
+    def record_run(self, info: dict[str, Any]) -> None:
+        """What a run of the build did (its placement, when it started): one entry per run, resumes included."""
+        self.data.setdefault("runs", []).append({"started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                                 **info})
+        self.write()
 
     def finish(self) -> None:
         self.data["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -15,23 +15,24 @@ import warnings
 from typing import Any
 
 from raypipe.config import BuildConfig
-from raypipe.data import PromptRow, load_splits, to_prompt_rows
+from raypipe.data import open_sources, read_rows, to_prompt_rows
 from raypipe.errors import UserError
 from raypipe.manifest import Manifest
 from raypipe.plan import SPLITS, BuildInputs, ShardPlan, plan_shards
-from raypipe.positions import expand_positions, row_offsets
+from raypipe.positions import expand_positions
 
-STAGES = ("rollout", "label", "prefill", "write")
+STAGES = ("prepare", "rollout", "label", "prefill", "write")
 ACTOR_TASK_RETRIES = 2  # times Ray Data gives a shard to a fresh actor after its actor ended on a fatal error
 
 
 def prepare(config: BuildConfig) -> BuildInputs:
+    """Resolve sources, model shape, features and labels, and check every input a user gave, before any work."""
     from transformers import AutoConfig, AutoTokenizer
 
     from raypipe.embedded import resolve_model_path
     from raypipe.labels import catalog
 
-    source_rows, source_skipped = load_splits(config.source)  # data mistakes surface before any model loads
+    sources, splits = open_sources(config.source)  # data mistakes surface before any model loads
     model_path = resolve_model_path(config.model.model_id)
     try:
         hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.model.trust_remote_code)
@@ -40,20 +41,49 @@ def prepare(config: BuildConfig) -> BuildInputs:
         raise UserError(f"cannot load model {config.model.model_id!r}: {str(exc).strip().splitlines()[0]}") from exc
     text_config = hf_config.get_text_config()
     num_layers, hidden_size = text_config.num_hidden_layers, text_config.hidden_size
+    heads = getattr(text_config, "num_attention_heads", None)
+    if config.backend == "vllm" and heads and heads % config.model.tp:
+        raise UserError(f"--tp {config.model.tp} must divide the model's {heads} attention heads (tensor parallelism "
+                        f"splits them); use a tp that does")
     layers = config.features.layer_list(num_layers)
     positions = expand_positions(config.features.position_specs(), tokenizer, config.features.eoi_tokens)
+    if config.source.chat_template and not getattr(tokenizer, "chat_template", None):
+        raise UserError("the model's tokenizer has no chat template; pass --no-chat-template for raw prompts")
     check_semantic_models(config)
+    if config.features.missing_marker == "fail":
+        check_markers(sources, splits, positions, tokenizer, config)
+    has_answers = any(source.has_answers for source in sources.values())
+    labels = catalog.plan(config.model, config.labels, config.source.label_columns, has_answers,
+                          answer_match(config, sources) if has_answers else "math")
+    return BuildInputs(_local_path(model_path), num_layers, hidden_size, layers, positions, labels, sources, splits)
 
-    rows, skipped = {}, {}
-    for split, split_rows in source_rows.items():
-        prompts = to_prompt_rows(split_rows, tokenizer, config.source.chat_template)
-        rows[split], unusable = usable_rows(prompts, config, positions, tokenizer)
-        skipped[split] = {**source_skipped[split], **unusable}
-    if not any(rows.values()):
-        raise UserError("no usable prompt is left after skipping bad rows: " + str(skipped))
-    has_answers = any(row.answer is not None for split_rows in rows.values() for row in split_rows)
-    labels = catalog.plan(config.model, config.labels, config.source.label_columns, has_answers)
-    return BuildInputs(_local_path(model_path), num_layers, hidden_size, layers, positions, rows, skipped, labels)
+
+def answer_match(config: BuildConfig, sources) -> str:
+    """--answer-match, with auto resolved from (up to 1,000 of) the references: math when they look mathematical."""
+    if config.labels.answer_match != "auto":
+        return config.labels.answer_match
+    from raypipe.labels.answers import answer_match_default
+
+    references = [value for source in sources.values() if source.answer_field
+                  for value in source.table.column(source.answer_field).slice(0, 1000).to_pylist()]
+    return answer_match_default([None if value is None else str(value) for value in references])
+
+
+def check_markers(sources, splits, positions, tokenizer, config: BuildConfig) -> None:
+    """--missing-marker fail: a prompt without a marker stops the build before any work (a text check over every
+    prompt; the prepare stage counts the rare token-level miss)."""
+    markers = [p.removeprefix("marker:") for p in positions if isinstance(p, str) and p.startswith("marker:")]
+    for split, part in splits.items():
+        rows, _ = read_rows(sources[part.source], part.indices, part.row_ids)
+        for row in rows:
+            missing = [m for m in markers if m not in row["question"]]
+            if missing and config.source.chat_template:  # the template itself may hold the marker
+                text = to_prompt_rows([row], tokenizer, True)[0].prompt
+                missing = [m for m in missing if m not in text]
+            if missing:
+                raise UserError(f"row {row['row_id']}: its prompt does not contain the marker of --positions "
+                                f"({', '.join('marker:' + m for m in missing)}); --missing-marker skip counts such rows "
+                                "instead")
 
 
 def check_semantic_models(config: BuildConfig) -> None:
@@ -74,42 +104,6 @@ def check_semantic_models(config: BuildConfig) -> None:
         raise UserError(f"cannot load {which}: {str(exc).strip().splitlines()[0]}") from exc
 
 
-def usable_rows(prompts: list[PromptRow], config: BuildConfig, positions: list[int | str], tokenizer):
-    """Prompts the model can take; the others are skipped and counted by reason, never fail a shard.
-
-    With --truncate-long-prompts a prompt over the context keeps its last max_model_len - 1 tokens instead (the end
-    holds the chat template's assistant turn), and everything else about its row (id, answer, label columns); its
-    stored text is those tokens decoded, and it is counted as `prompt_truncated`.
-    """
-    kept, skipped = [], {}
-    limit = config.model.max_model_len - 1
-    fixed = [p for p in positions if isinstance(p, int)]
-    min_tokens = -min(fixed) if fixed else 1
-    for row in prompts:
-        reason = None
-        if len(row.prompt_token_ids) > limit and config.source.truncate_long_prompts:
-            ids = row.prompt_token_ids[-limit:]
-            row = dataclasses.replace(row, prompt=tokenizer.decode(ids), prompt_token_ids=ids)
-            skipped["prompt_truncated"] = skipped.get("prompt_truncated", 0) + 1
-        if len(row.prompt_token_ids) > limit:
-            reason = "prompt_too_long"
-        elif len(row.prompt_token_ids) < min_tokens:
-            reason = "prompt_shorter_than_positions"
-        if not reason:
-            row.offsets = row_offsets(positions, tokenizer, row.prompt, row.prompt_token_ids)
-            if row.offsets is None:
-                if config.features.missing_marker == "fail":
-                    raise UserError(f"row {row.row_id}: its prompt does not contain the marker of --positions "
-                                    f"({', '.join(p for p in positions if isinstance(p, str))}); "
-                                    f"--missing-marker skip counts such rows instead")
-                reason = "marker_absent"
-        if reason:
-            skipped[reason] = skipped.get(reason, 0) + 1
-        else:
-            kept.append(row)
-    return kept, skipped
-
-
 def _local_path(model_path: str) -> str | None:
     """The folder the checkpoint is read from on this node (a hub id resolves to its cache snapshot)."""
     if os.path.isdir(model_path):
@@ -123,28 +117,21 @@ def _local_path(model_path: str) -> str | None:
 
 
 def shard_row(plan: ShardPlan) -> dict[str, Any]:
-    return {
-        "split": plan.split,
-        "index": plan.index,
-        "row_id": [r.row_id for r in plan.rows],
-        "prompt": [r.prompt for r in plan.rows],
-        "prompt_token_ids": [r.prompt_token_ids for r in plan.rows],
-        "answer": [r.answer for r in plan.rows],
-        "columns": [r.columns for r in plan.rows],
-        "offsets": [r.offsets for r in plan.rows],
-    }
+    """A pending shard as it enters the pipeline: where its rows are, not the rows (the prepare stage reads them)."""
+    return {"split": plan.split, "index": plan.index, "source": plan.source, "source_rows": plan.indices,
+            "row_id": plan.row_ids}
 
 
 def run_build(config: BuildConfig, overwrite: bool = False) -> int:
     """Build (or resume) the probe dataset described by `config`; return the process exit code."""
     inputs = prepare(config)
-    plans = plan_shards(inputs.rows, config.shard_size)
+    plans = plan_shards(inputs.splits, config.shard_size)
     manifest = Manifest.open(config, inputs, plans, overwrite=overwrite)
     pending = manifest.pending(plans)
     print(f"raypipe: {len(plans)} shards planned, {len(plans) - len(pending)} already complete, "
           f"{len(pending)} to build -> {config.out_dir}", flush=True)
     if pending:
-        for entry in execute(config, inputs, pending):
+        for entry in execute(config, inputs, pending, manifest):
             if entry.get("status") == "failed":
                 manifest.fail(entry)
                 print(f"raypipe: FAILED {entry['split']}/{entry['name']} after {entry['attempts']} attempts: "
@@ -152,6 +139,10 @@ def run_build(config: BuildConfig, overwrite: bool = False) -> int:
             else:
                 manifest.complete(entry)
     failed = manifest.failed()
+    written = sum(split.get("rows", 0) for split in manifest.data["splits"].values())
+    if not failed and not written:
+        manifest.finish()
+        raise UserError(f"every row was skipped, none is left to probe: {manifest.data['skipped_rows']}")
     if not failed:
         _finish_derived_labels(config, manifest)
     manifest.finish()
@@ -227,7 +218,13 @@ def connect_ray() -> None:
 
 
 def recorded_ray_address() -> str | None:
-    """host:port of the cluster `ray.init()` would join (RAY_ADDRESS, else `ray start`'s record); None: a new one."""
+    """host:port of the cluster `ray.init()` would join (RAY_ADDRESS as given, else `ray start`'s record); None for a
+    new local cluster, and for addresses that are not a GCS's (Ray client, dashboard): ray.init reports those."""
+    given = os.environ.get("RAY_ADDRESS", "").strip()
+    if given == "local" or given.startswith(("ray://", "http://", "https://")):
+        return None
+    if given and given != "auto":
+        return given
     from ray._private.services import canonicalize_bootstrap_address
 
     try:
@@ -260,59 +257,130 @@ def _ray_log_dir() -> str:
         return "the head node's /tmp/ray/session_latest/logs"
 
 
-def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan]):
-    """Stream the pending shards through rollout -> label -> prefill -> write on Ray Data; yield manifest entries.
+def cluster_nodes(gpu_memory_gb: float | None) -> tuple[list, list[str]]:
+    """The alive nodes' GPUs (placement.Node), and notes on how their memory was known."""
+    import ray
 
-    A shard whose stage actor died on it more often than Ray's task retries allow never comes back from Ray Data;
-    it is yielded as failed, so that the rest of the build still finishes.
+    from raypipe.placement import DEFAULT_GPU_MEMORY_GB, Node
+
+    counts = [int(node["Resources"].get("GPU", 0)) for node in ray.nodes() if node.get("Alive")]
+    notes = []
+    if any(counts) and gpu_memory_gb is None:
+        gpu_memory_gb = _device_memory_gb()
+        if gpu_memory_gb is None:
+            gpu_memory_gb = DEFAULT_GPU_MEMORY_GB
+            notes.append(f"no CUDA device answered for its memory (logical GPUs?); assumed {gpu_memory_gb:.0f} GB, "
+                         "set --gpu-memory-gb")
+    return [Node(gpus, gpu_memory_gb or 0.0) for gpus in counts], notes
+
+
+def _device_memory_gb() -> float | None:
+    """Total memory of one GPU of the cluster, asked of a GPU task (None where no CUDA device is behind the GPU)."""
+    import ray
+
+    def memory() -> float | None:
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory / 1e9 if torch.cuda.is_available() else None
+
+    try:
+        return ray.get(ray.remote(num_gpus=1, num_cpus=0)(memory).remote(), timeout=300)
+    except Exception:  # noqa: BLE001 - then the default, and the build says so
+        return None
+
+
+def plan_placement(config: BuildConfig, inputs: BuildInputs):
+    from transformers import AutoConfig
+
+    from raypipe.embedded import resolve_model_path
+    from raypipe.placement import ModelShape, model_shape, place
+
+    nodes, notes = cluster_nodes(config.gpu_memory_gb)
+    if any(node.gpus for node in nodes):
+        hf_config = AutoConfig.from_pretrained(resolve_model_path(config.model.model_id),
+                                               trust_remote_code=config.model.trust_remote_code)
+        shape = model_shape(hf_config, bytes_per_value=4 if config.model.dtype == "float32" else 2)
+    else:
+        shape = ModelShape(0.0, 0.0)
+    placement = place(config.model, shape, nodes, config.backend, config.placement)
+    return dataclasses.replace(placement, notes=placement.notes + tuple(notes))
+
+
+def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan], manifest: Manifest | None = None):
+    """Stream the pending shards through the stages on Ray Data; yield manifest entries as shards are written.
+
+    cpu and separate placements: rollout -> label -> prefill -> write, each stage its own actor pool. colocated:
+    engine (rollout + prefill on the same GPUs) -> label -> write. A shard whose stage actor died on it more often
+    than Ray's task retries allow never comes back from Ray Data; it is yielded as failed, so that the rest of the
+    build still finishes.
     """
     import ray
 
     from raypipe.progress import ProgressPrinter, start_board
+    from raypipe.stages.colocated import ColocatedStage
     from raypipe.stages.label import LabelStage
     from raypipe.stages.prefill import PrefillStage
+    from raypipe.stages.prepare import PrepareStage
     from raypipe.stages.rollout import RolloutStage
     from raypipe.stages.write import WriteStage
     from raypipe.store import shard_name
 
     connect_ray()
+    placement = plan_placement(config, inputs)
+    print(f"raypipe: placement {placement.describe()}", flush=True)
+    if manifest is not None:
+        manifest.record_run({"placement": placement.to_dict()})
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # one line per stage from raypipe instead of Ray Data's blocks
     context.print_on_execution_start = False
     context.max_errored_blocks = len(pending)  # a lost shard is reported failed; the others still finish
-    retries = config.max_retries
-    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    model = config.model
-    board = start_board(list(STAGES), len(pending), sum(len(p.rows) for p in pending))
+    model, retries = config.model, config.max_retries
+    board = start_board(list(STAGES), len(pending), sum(len(p.indices) for p in pending))
     # Bounded: a shard that kills every actor it meets must end as failed, not restart actors forever. Ray 2.60 has
     # no named map_batches parameter for these, only the deprecated **ray_remote_args.
     warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
     actor_args = {"max_restarts": -1, "max_task_retries": ACTOR_TASK_RETRIES}
+    rollout = {"model_id": model.model_id, "model": model, "seed": config.source.seed, "backend": config.backend,
+               "retries": retries}
+    prefill = {"model_id": model.model_id, "dtype": model.dtype, "layers": inputs.layers,
+               "positions": inputs.positions, "batch_tokens": model.prefill_batch_tokens,
+               "trust_remote_code": model.trust_remote_code, "retries": retries}
+    engine_pool = ray.data.ActorPoolStrategy(size=max(placement.engines, 1),
+                                             max_tasks_in_flight_per_actor=model.shards_in_flight)
     ds = ray.data.from_items([shard_row(p) for p in pending], override_num_blocks=len(pending))
-    ds = ds.map_batches(
-        RolloutStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=model.dp),
-        fn_constructor_kwargs={"model_id": model.model_id, "model": model, "seed": config.source.seed,
-                               "num_samples": model.num_samples, "retries": retries, "progress": board},
-        num_gpus=model.tp if use_gpu else 0, num_cpus=1, **actor_args,
-    )
+    # The sources' tables go to the object store once; a list keeps Ray from resolving the reference early.
+    sources = {key: dataclasses.replace(source, table=[ray.put(source.table)])
+               for key, source in inputs.sources.items()}
+    # Tokenizing a shard takes milliseconds: zero CPUs, so that it never waits behind the model actors.
+    ds = ds.map_batches(PrepareStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
+                        fn_constructor_kwargs={"config": config, "sources": sources, "positions": inputs.positions,
+                                               "retries": retries, "progress": board}, **actor_args)
+    if placement.mode == "colocated":
+        vllm_share = dataclasses.replace(model, gpu_memory_utilization=placement.vllm_memory_utilization)
+        ds = ds.map_batches(
+            ColocatedStage, batch_size=1, compute=engine_pool, num_gpus=placement.gpus_per_engine, num_cpus=1,
+            fn_constructor_kwargs={"rollout": {**rollout, "model": vllm_share}, "progress": board,
+                                   "prefill": {**prefill, "max_memory_gb": placement.prefill_memory_gb}},
+            max_concurrency=model.shards_in_flight, **actor_args)
+    else:
+        ds = ds.map_batches(RolloutStage, batch_size=1, compute=engine_pool, num_gpus=placement.gpus_per_engine,
+                            num_cpus=1, fn_constructor_kwargs={**rollout, "progress": board},
+                            max_concurrency=model.shards_in_flight, **actor_args)
     ds = ds.map_batches(LabelStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
                         fn_constructor_kwargs={"loop_n": model.loop_n, "loop_k": model.loop_k,
                                                "labels": config.labels, "planned": inputs.labels,
                                                "progress": board}, **actor_args)
-    ds = ds.map_batches(
-        PrefillStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=model.prefill_actors),
-        fn_constructor_kwargs={
-            "model_id": model.model_id, "dtype": model.dtype, "layers": inputs.layers,
-            "positions": inputs.positions, "batch_tokens": model.prefill_batch_tokens,
-            "trust_remote_code": model.trust_remote_code, "retries": retries, "progress": board,
-        },
-        num_gpus=1 if use_gpu else 0, num_cpus=1, **actor_args,
-    )
+    if placement.mode != "colocated":
+        ds = ds.map_batches(PrefillStage, batch_size=1,
+                            compute=ray.data.ActorPoolStrategy(size=placement.prefill_actors),
+                            num_gpus=placement.gpus_per_prefill, num_cpus=1,
+                            fn_constructor_kwargs={**prefill, "progress": board}, **actor_args)
     # Writing is I/O: zero CPUs, so that it never waits behind the model actors for a slot.
     ds = ds.map_batches(WriteStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
                         fn_constructor_kwargs={"out_dir": config.out_dir, "retries": retries, "progress": board},
                         **actor_args)
     returned = set()
+    print(f"raypipe: streaming {len(pending)} shards", flush=True)
     with ProgressPrinter(board, list(STAGES)):
         for row in ds.iter_rows():
             entry = json.loads(row["entry"])

@@ -1,11 +1,18 @@
 """What a build will do, resolved on the driver before any Ray work: the model's shape, the feature layout, the
-labels, the usable rows of each split and their fixed shards. The manifest is written from it."""
+labels, the sources and each split's rows, and their fixed shards. The manifest is written from it.
+
+The driver holds no prompt text: a shard is a list of row indices into an Arrow-backed source, and the prepare stage
+reads, templates and tokenizes them on Ray. Shards are cut from each split's rows in order, before any row is
+skipped, so a shard's membership is a pure function of the source, the split seed and the shard size: a rerun or a
+resume plans exactly the same shards. A row skipped later (empty prompt, too long, marker absent) leaves its shard
+one row shorter, counted in the manifest.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raypipe.data import PromptRow
+from raypipe.data import Source, SplitRows
 from raypipe.store import shard_name
 
 SPLITS = ("train", "test")
@@ -20,27 +27,30 @@ class BuildInputs:
     hidden_size: int
     layers: list[int]
     positions: list[int | str]  # negative offsets and 'marker:TEXT' / 'answer:-N' entries, as the manifest records
-    rows: dict[str, list[PromptRow]]
-    skipped: dict[str, dict[str, int]]  # rows skipped per split, counted by reason
     labels: dict[str, dict]  # the labels this build has, with definitions (labels.catalog.plan)
+    sources: dict[str, Source]
+    splits: dict[str, SplitRows]
 
 
 @dataclass
 class ShardPlan:
     split: str
     index: int
-    rows: list[PromptRow]
+    source: str  # key of the Source its rows come from
+    indices: list[int]  # row indices in that source
+    row_ids: list[int]
 
     @property
     def name(self) -> str:
         return shard_name(self.index)
 
 
-def plan_shards(rows: dict[str, list[PromptRow]], shard_size: int) -> list[ShardPlan]:
+def plan_shards(splits: dict[str, SplitRows], shard_size: int) -> list[ShardPlan]:
     """Cut each split, in row order, into shards of shard_size rows (the last may be shorter)."""
     return [
-        ShardPlan(split, start // shard_size, split_rows[start:start + shard_size])
-        for split in SPLITS
-        for split_rows in [rows.get(split, [])]
-        for start in range(0, len(split_rows), shard_size)
+        ShardPlan(split, start // shard_size, rows.source, rows.indices[start:start + shard_size],
+                  rows.row_ids[start:start + shard_size])
+        for split in SPLITS if split in splits
+        for rows in [splits[split]]
+        for start in range(0, len(rows.indices), shard_size)
     ]

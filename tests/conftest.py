@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Loopback only: with this, Ray takes 127.0.0.1 as every node's address (heads, Cluster nodes, drivers, jobs) instead
+# of the machine's interface, and no longer rewrites a 127.0.0.1 address into it. Subprocesses inherit it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 INTEGRATION = REPO / "tests" / "integration"
 
 

@@ -117,3 +117,12 @@ def test_builtin_defaults_agree_between_python_and_cli():
 
     assert BuildConfig(out_dir="x", model=get_preset("smollm2_135m")).shard_size == 64
     assert SourceConfig().builtin_size == 128
+
+
+@pytest.mark.parametrize("given, expected", [("127.0.0.1:6379", "127.0.0.1:6379"), ("local", None),
+                                             ("ray://head:10001", None), ("http://head:8265", None)])
+def test_the_address_a_build_checks_is_ray_address_as_given(monkeypatch, given, expected):
+    from raypipe.pipeline import recorded_ray_address
+
+    monkeypatch.setenv("RAY_ADDRESS", given)
+    assert recorded_ray_address() == expected

@@ -59,7 +59,7 @@ def _labels(texts, samples=None, finish=None, answer="12", cluster=None):
 
 
 def test_correctness_and_success_rate_over_samples():
-    labels = _labels(["so \\boxed{12}", "it is 12.", "\\boxed{13}", "no idea"])
+    labels = _labels(["so \\boxed{12}", "So the answer is 12.", "\\boxed{13}", "no idea, maybe 12 apples"])
     assert labels["correct"] == 1.0 and labels["success_rate"] == 0.5
     assert _labels(["\\boxed{13}", "12"])["correct"] == 0.0
     assert math.isnan(_labels(["12"], answer=None)["success_rate"])  # no reference: no value, probes skip it
@@ -73,15 +73,35 @@ def test_loop_statistics_when_every_sample_loops():
 
 
 def test_semantic_entropy_from_answer_clusters():
-    from raypipe.labels.answers import extract_answer, normalize_answer
-    from raypipe.labels.semantic import answer_clusters
+    from raypipe.labels.semantic import make_clusterer
 
-    def cluster(texts):
-        return answer_clusters([normalize_answer(extract_answer(t)) for t in texts])
-
-    assert _labels(["12", "\\boxed{12}", "12.0", "twelve is 12"], cluster=cluster)["semantic_entropy"] == 0.0
-    tied = _labels(["12", "13", "12", "13"], cluster=cluster)["semantic_entropy"]
+    cluster = make_clusterer("answer")  # answer equality, on the final answers correctness reads
+    assert _labels(["so 12", "\\boxed{12}", "The answer is 12.0", "= 12"], cluster=cluster)["semantic_entropy"] == 0.0
+    tied = _labels(["\\boxed{12}", "\\boxed{13}", "The answer is 12.", "#### 13"], cluster=cluster)["semantic_entropy"]
     assert tied == pytest.approx(math.log(2))
+    # samples without a final answer each stand alone: a number mid-text is not an answer
+    alone = _labels(["I think about 12 things", "12 of them, maybe", "\\boxed{12}"], cluster=cluster)
+    assert alone["semantic_entropy"] == pytest.approx(math.log(3))
+
+
+def test_a_sample_cut_off_at_the_limit_has_no_answer_unless_it_boxed_one():
+    labels = _labels(["The total is \\boxed{12}", "Let me add 5 and 7 which gives 12"], finish=["length", "length"])
+    assert labels["correct"] == 1.0 and labels["success_rate"] == 0.5
+
+
+def test_rows_and_samples_without_a_final_answer_are_counted_per_shard():
+    from raypipe.labels.catalog import label_shard
+
+    shard = {"token_ids": [[[1], [2]], [[3], [4]]], "text": [["\\boxed{3}", "hmm 3"], ["no idea", "#### 5"]],
+             "finish_reason": [["stop", "stop"], ["stop", "length"]], "answer": ["3", "5"],
+             "columns": [{}, {}]}
+    planned = {"loop": {"kind": "binary"}, "correct": {"kind": "binary", "params": {"match": "math"}},
+               "success_rate": {"kind": "continuous"}}
+    labels = label_shard(shard, planned, loop_n=2, loop_k=3)
+    # row 2's "#### 5" was cut off at the token limit: no final answer there either
+    assert labels["correct"] == [1.0, 0.0] and labels["success_rate"] == [0.5, 0.0]
+    assert shard["answer_counts"] == {"rows_with_reference": 2, "no_final_answer": 1,
+                                      "samples_without_final_answer": 3}
 
 
 # --- the catalog: planning, derivation, counts (labels/catalog.py) --------------------------------------------------

@@ -22,9 +22,14 @@ DEFINITIONS = {
             "else 0",
     "loop_fraction": "fraction of the K samples that loop (has_ngram_loop with the same n, k)",
     "max_tokens_fraction": "fraction of the K samples that stopped at the max-token limit (finish_reason 'length')",
-    "correct": "1 if the first sample's final answer (last boxed, else last number; normalised) equals the row's "
-               "reference answer, else 0; NaN without a reference",
-    "success_rate": "fraction of the K samples whose final answer is correct (the probe pipeline's regression label)",
+    "correct": "1 if the first sample's final answer equals the row's reference answer, else 0; NaN without a "
+               "reference. The final answer is the sample's last complete \\boxed{}, else an explicit answer "
+               "statement at its end ('the answer is X', 'final answer: X', '#### X', a last sentence stating a value); "
+               "a sample cut off at the token limit has none unless it boxed one before the cut. A sample without a "
+               "final answer is incorrect, and counted in no_final_answer. Equal: by math-verify (match=math) or by "
+               "normalised string (match=exact)",
+    "success_rate": "fraction of the K samples whose final answer is correct, as for `correct` (the probe "
+                    "pipeline's regression label)",
     "semantic_entropy": "entropy (nats) of the frequencies of the K samples' meaning clusters (greedy clustering)",
     "semantic_entropy_high": "1 if semantic_entropy is above the threshold, else 0 (derived, not stored)",
     "mean_logprob": "baseline: mean log-probability of the sampled tokens, averaged over the K samples",
@@ -45,8 +50,9 @@ def semantic_method(config, has_answers: bool) -> str | None:
     return config.semantic_method
 
 
-def plan(model, config, columns: Sequence[str], has_answers: bool) -> dict[str, dict]:
-    """The labels a build will have, with their definitions, as the manifest records them."""
+def plan(model, config, columns: Sequence[str], has_answers: bool, answer_match: str = "math") -> dict[str, dict]:
+    """The labels a build will have, with their definitions, as the manifest records them. `answer_match` is the
+    resolved --answer-match (math or exact)."""
     names = ["loop"]
     if model.num_samples >= 2:
         names += ["loop_fraction", "max_tokens_fraction"]
@@ -60,6 +66,9 @@ def plan(model, config, columns: Sequence[str], has_answers: bool) -> dict[str, 
     labels = {name: {"kind": KINDS.get(name, "continuous"), "definition": DEFINITIONS[name], "counts": {}}
               for name in names}
     labels["loop"]["params"] = {"n": model.loop_n, "k": model.loop_k}
+    if has_answers:
+        for name in ("correct", "success_rate"):
+            labels[name]["params"] = {"match": answer_match}
     if method:
         labels["semantic_entropy"]["params"] = {"method": method, "nli_model": config.nli_model,
                                                 "embedding_model": config.embedding_model,
@@ -86,31 +95,45 @@ def _fraction(flags) -> float:
     return sum(flags) / len(flags) if flags else float("nan")
 
 
+Cluster = Callable[[list[str], list[str]], list[int]]  # (texts, finish reasons) -> cluster ids
+
+
 def row_labels(samples: list[list[int]], texts: list[str], finish: list[str], answer: str | None, *, loop_n: int,
-               loop_k: int, cluster: Callable[[list[str]], list[int]] | None = None) -> dict[str, float]:
-    """Every rollout-derived label of one prompt from its K samples (cluster: texts -> cluster ids, or None)."""
-    from raypipe.labels.answers import is_correct
+               loop_k: int, cluster: Cluster | None = None, match: str = "math") -> dict[str, float]:
+    """Every rollout-derived label of one prompt from its K samples (cluster: the semantic clustering, or None).
+    `_answered` counts the samples with a final answer (for the manifest's no_final_answer), first sample first."""
+    from raypipe.labels.answers import final_answer, is_correct
     from raypipe.labels.semantic import cluster_entropy
 
     loops = [has_ngram_loop(ids, loop_n, loop_k) for ids in samples]
     labels: dict[str, float] = {"loop": int(loops[0]), "loop_fraction": _fraction(loops),
                                 "max_tokens_fraction": _fraction(reason == "length" for reason in finish)}
     if answer is not None:
-        correct = [is_correct(text, answer) for text in texts]
+        correct = [is_correct(text, answer, reason, match) for text, reason in zip(texts, finish)]
         labels["correct"], labels["success_rate"] = float(correct[0]), _fraction(correct)
+        answered = [final_answer(text, reason) is not None for text, reason in zip(texts, finish)]
+        labels["_first_answered"], labels["_answered"] = float(answered[0]), float(sum(answered))
     else:
         labels["correct"] = labels["success_rate"] = float("nan")
     if cluster is not None:
-        labels["semantic_entropy"] = cluster_entropy(cluster(texts))
+        labels["semantic_entropy"] = cluster_entropy(cluster(texts, finish))
     return labels
 
 
 def label_shard(shard: dict[str, Any], planned: dict[str, dict], *, loop_n: int, loop_k: int,
-                cluster: Callable[[list[str]], list[int]] | None = None) -> dict[str, list]:
-    """The stored labels of one shard's rows, one list per label, from its rollouts and source columns."""
-    rows = [row_labels(samples, texts, finish, answer, loop_n=loop_n, loop_k=loop_k, cluster=cluster)
+                cluster: Cluster | None = None) -> dict[str, list]:
+    """The stored labels of one shard's rows, one list per label, from its rollouts and source columns. Rows and
+    samples with a reference but no final answer are counted in shard["answer_counts"]."""
+    match = planned.get("correct", {}).get("params", {}).get("match", "math")
+    rows = [row_labels(samples, texts, finish, answer, loop_n=loop_n, loop_k=loop_k, cluster=cluster, match=match)
             for samples, texts, finish, answer in zip(shard["token_ids"], shard["text"], shard["finish_reason"],
                                                       shard["answer"])]
+    referenced = [(row, len(samples)) for row, samples in zip(rows, shard["token_ids"]) if "_answered" in row]
+    shard["answer_counts"] = {
+        "rows_with_reference": len(referenced),
+        "no_final_answer": sum(1 for row, _ in referenced if not row["_first_answered"]),
+        "samples_without_final_answer": int(sum(k - row["_answered"] for row, k in referenced)),
+    }
     labels: dict[str, list] = {}
     for name in stored(planned):
         if planned[name]["kind"] == "given":

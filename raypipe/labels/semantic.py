@@ -59,24 +59,25 @@ def best_split_threshold(values: Sequence[float]) -> float:
 
 
 def make_clusterer(method: str, nli_model: str | None = None, embedding_model: str | None = None,
-                   similarity_threshold: float = 0.9) -> Callable[[list[str]], list[int]]:
-    """texts -> cluster ids, for one of the equivalences: 'answer', 'nli' or 'embedding'. Models load here, once."""
+                   similarity_threshold: float = 0.9) -> Callable[[list[str], list[str]], list[int]]:
+    """(texts, finish reasons) -> cluster ids, for one of the equivalences: 'answer', 'nli' or 'embedding'. Models
+    load here, once. Answer equality uses the final answers exactly as correctness reads them."""
     if method == "answer":
         from raypipe.labels.answers import final_answer_key
 
-        return lambda texts: answer_clusters([final_answer_key(t) for t in texts])
+        return lambda texts, finish: answer_clusters([final_answer_key(t, r) for t, r in zip(texts, finish)])
     if method == "nli":
         from raypipe.labels.semantic_models import load_nli
 
         entails = load_nli(nli_model)
-        return lambda texts: greedy_clusters(texts, lambda a, b: entails(a, b) and entails(b, a))
+        return lambda texts, finish: greedy_clusters(texts, lambda a, b: entails(a, b) and entails(b, a))
     if method != "embedding":
         raise ValueError(f"unknown semantic clustering method {method!r}")
     from raypipe.labels.semantic_models import load_embedder
 
     embed = load_embedder(embedding_model)
 
-    def by_embedding(texts: list[str]) -> list[int]:
+    def by_embedding(texts: list[str], finish: list[str]) -> list[int]:
         vectors = embed(texts)
         return greedy_clusters(list(range(len(texts))),
                                lambda a, b: float(vectors[a] @ vectors[b]) >= similarity_threshold)

@@ -1,6 +1,7 @@
-"""PNG pictures of a probe run: the CV score over layer x position, the best probe's ROC curve, loss curves.
+"""Pictures of a probe run: the CV score over layer x position, ROC curves, predictions, loss curves.
 
-Figures are rendered to bytes and written through `Location`, so they land beside the JSON outputs on any
+Each `*_figure` function returns a matplotlib figure (the explorer notebook shows it); the function of the same name
+without the suffix renders it to PNG bytes written through `Location`, so it lands beside the JSON outputs on any
 filesystem the build supports.
 """
 
@@ -29,8 +30,13 @@ def _save(location: Location, name: str, figure) -> None:
     location.write_atomic(name, buffer.getvalue())
 
 
-def score_heatmap(location: Location, name: str, cv_scores: np.ndarray, layers: list[int], positions: list[int],
+def score_heatmap(location: Location, name: str, cv_scores: np.ndarray, layers: list[int], positions: list,
                   metric: str, best: tuple[int, int]) -> None:
+    _save(location, name, score_heatmap_figure(cv_scores, layers, positions, metric, best))
+
+
+def score_heatmap_figure(cv_scores: np.ndarray, layers: list[int], positions: list, metric: str,
+                         best: tuple[int, int]):
     """cv_scores [positions, layers]; the best cell is outlined."""
     plt = _figure()
     figure, axis = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), max(2.5, 0.5 * len(positions) + 1.5)))
@@ -43,10 +49,14 @@ def score_heatmap(location: Location, name: str, cv_scores: np.ndarray, layers: 
     axis.add_patch(plt.Rectangle((layer - 0.5, pos - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     figure.colorbar(image, ax=axis, label=f"CV {metric}")
     axis.set_title(f"CV {metric} per (layer, position); best outlined")
-    _save(location, name, figure)
+    return figure
 
 
 def roc_curves(location: Location, name: str, targets: np.ndarray, curves: dict[str, np.ndarray], title: str) -> None:
+    _save(location, name, roc_figure(targets, curves, title))
+
+
+def roc_figure(targets, curves: dict[str, np.ndarray], title: str):
     """One ROC curve per named prediction vector against the same 0/1 targets."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -60,11 +70,15 @@ def roc_curves(location: Location, name: str, targets: np.ndarray, curves: dict[
     axis.set_ylabel("true positive rate")
     axis.set_title(title)
     axis.legend(loc="lower right", fontsize=8)
-    _save(location, name, figure)
+    return figure
 
 
 def prediction_scatter(location: Location, name: str, targets: np.ndarray, predictions: np.ndarray,
                        title: str) -> None:
+    _save(location, name, prediction_scatter_figure(targets, predictions, title))
+
+
+def prediction_scatter_figure(targets, predictions, title: str):
     """Regression's counterpart of the ROC curve: predicted against true values."""
     plt = _figure()
     figure, axis = plt.subplots(figsize=(5, 5))
@@ -72,10 +86,14 @@ def prediction_scatter(location: Location, name: str, targets: np.ndarray, predi
     axis.set_xlabel("label")
     axis.set_ylabel("prediction")
     axis.set_title(title)
-    _save(location, name, figure)
+    return figure
 
 
 def loss_curves(location: Location, name: str, history: list[dict], keys: list[str]) -> None:
+    _save(location, name, loss_curves_figure(history, keys))
+
+
+def loss_curves_figure(history: list[dict], keys: list[str]):
     """Per-epoch curves of the given metrics.jsonl keys (missing values are skipped)."""
     plt = _figure()
     figure, axis = plt.subplots(figsize=(6, 4))
@@ -87,4 +105,4 @@ def loss_curves(location: Location, name: str, history: list[dict], keys: list[s
     axis.set_ylabel("loss")
     axis.legend()
     axis.set_title("loss per epoch")
-    _save(location, name, figure)
+    return figure

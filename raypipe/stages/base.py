@@ -75,22 +75,28 @@ class ShardStage:
         """`work` with the checks, retries, fatal-error handling and stats described in the module docstring."""
         if shard.get("error"):
             return shard
-        started, error, attempt, metrics = time.time(), None, 0, None
-        missing = [column for column in self.inputs if column not in shard]
-        if missing:
-            error = f"{self.name}: the shard lacks input column(s) {', '.join(missing)}"
-        for attempt in range(1, self.retries + 2):
-            if missing:
-                break
+        started, error, attempt, metrics = time.time(), self._missing(shard), 0, None
+        for attempt in range(1, 0 if error else self.retries + 2):
             try:
                 inject_fault(self.name, shard, attempt)
                 metrics = self.work(shard) or {}
                 error = None
                 break
             except Exception as exc:  # noqa: BLE001 - recorded on the shard, or fatal for the actor
-                if is_fatal(exc):
-                    self.die(shard, exc)
-                error = describe(self.name, exc)
+                error = self._failed(shard, exc)
+        return self._record(shard, started, attempt, error, metrics)
+
+    def _missing(self, shard: dict[str, Any]) -> str | None:
+        missing = [column for column in self.inputs if column not in shard]
+        return f"{self.name}: the shard lacks input column(s) {', '.join(missing)}" if missing else None
+
+    def _failed(self, shard: dict[str, Any], exc: BaseException) -> str:
+        if is_fatal(exc):
+            self.die(shard, exc)
+        return describe(self.name, exc)
+
+    def _record(self, shard: dict[str, Any], started: float, attempt: int, error: str | None,
+                metrics: dict[str, Any] | None) -> dict[str, Any]:
         stats = {"start": round(started, 3), "end": round(time.time(), 3), "node": node_id(), "pid": os.getpid(),
                  "attempts": attempt}
         stats["seconds"] = round(stats["end"] - stats["start"], 3)
@@ -112,6 +118,33 @@ class ShardStage:
         if self.progress is not None:
             self.progress.report.remote(self.name, len(shard.get("row_id", [])), metrics.get("tokens", 0),
                                         shard["stats"][self.name]["seconds"], failed)
+
+
+class AsyncShardStage(ShardStage):
+    """A stage whose `work` is a coroutine: Ray Data runs several shards on one actor at once (its engine stays
+    full while one shard's stragglers finish); each shard is still whole and atomic."""
+
+    async def work(self, shard: dict[str, Any]) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    async def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from raypipe.payload import get_shard, put_shard
+
+        return put_shard(await self.run_async(get_shard(batch)))
+
+    async def run_async(self, shard: dict[str, Any]) -> dict[str, Any]:
+        if shard.get("error"):
+            return shard
+        started, error, attempt, metrics = time.time(), self._missing(shard), 0, None
+        for attempt in range(1, 0 if error else self.retries + 2):
+            try:
+                inject_fault(self.name, shard, attempt)
+                metrics = await self.work(shard) or {}
+                error = None
+                break
+            except Exception as exc:  # noqa: BLE001 - recorded on the shard, or fatal for the actor
+                error = self._failed(shard, exc)
+        return self._record(shard, started, attempt, error, metrics)
 
 
 def shard_label(shard: dict[str, Any]) -> str:

@@ -65,4 +65,7 @@ class WriteStage(ShardStage):
         entry = write_shard(self.out_dir, shard["split"], shard["index"], shard_tensors(shard), shard_rollouts(shard),
                             metadata={"split": shard["split"], "index": str(shard["index"])})
         entry["label_counts"] = counts(shard["labels"])
+        entry["skipped"] = shard.get("skipped", {})
+        if shard.get("answer_counts"):
+            entry["answer_counts"] = shard["answer_counts"]
         shard["entry"] = entry

@@ -29,3 +29,21 @@ def assert_same_dataset(a, b):
         assert x["label.loop"].tolist() == y["label.loop"].tolist()
         torch.testing.assert_close(x["features"], y["features"], atol=1e-4, rtol=1e-4)
         assert load_rollouts(a, split)["token_ids"].to_pylist() == load_rollouts(b, split)["token_ids"].to_pylist()
+
+
+@pytest.fixture(scope="session")
+def tiny_tp_model(tmp_path_factory, embedded_path):
+    """A random-weight Llama of 4 heads (2 KV heads) with the embedded tokenizer: tensor parallelism of 2 needs heads
+    it can split, which SmolLM2's 9 are not. Real vLLM runs it; its text is noise, which tp=2 tests do not read."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    tokenizer = AutoTokenizer.from_pretrained(embedded_path)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -99,7 +99,8 @@ def test_the_console_shows_one_line_per_stage_and_the_next_commands(local_build)
     """What a user sees: raypipe's progress per stage and the commands to run next, not Ray Data's blocks."""
     stdout = (local_build.parent / "console.stdout").read_text()
     stderr = (local_build.parent / "console.stderr").read_text()
-    assert re.search(r"raypipe: rollout 4/4, [\d,]+ tok/s \| label 4/4 \| prefill 4/4, [\d,]+ tok/s \| write 4/4", stdout)
+    assert re.search(r"raypipe: prepare 4/4, [\d,]+ tok/s \| rollout 4/4, [\d,]+ tok/s \| label 4/4 \| "
+                     r"prefill 4/4, [\d,]+ tok/s \| write 4/4", stdout)
     for command in (f"raypipe status {local_build}", f"raypipe train --data-dir {local_build} --out-dir",
                     f"raypipe sweep --data-dir {local_build} --out-dir"):
         assert command in stdout

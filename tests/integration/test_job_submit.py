@@ -1,6 +1,9 @@
-"""`ray job submit -- python -m raypipe.build ...` against a local `ray start --head` cluster, as on a real one."""
+"""`ray job submit -- python -m raypipe.build ...` against a local `ray start --head` cluster with one (logical) GPU,
+as users run it on a one-GPU machine: the engine and the prefill share the GPU, shards stream, a stopped job loses
+nothing it wrote, and the resubmitted job finishes the same dataset as a local run."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,7 +35,8 @@ def ray_head(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="rp-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     head = subprocess.Popen(
         [os.path.join(bin_dir, "ray"), "start", "--head", "--block", f"--port={gcs_port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--num-gpus=1",
+         "--node-ip-address=127.0.0.1",
          f"--temp-dir={temp_dir}"],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -53,15 +57,44 @@ def ray_head(tmp_path):
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_job_submit_builds_the_same_dataset_as_a_local_run(ray_head, local_build, tmp_path):
-    """Submitted as a job, writing through a pyarrow filesystem URI, the build equals the local one."""
+def _job_active(address, env, job_id) -> bool:
+    status = subprocess.run(["ray", "job", "status", "--address", address, job_id], env=env, capture_output=True,
+                            text=True).stdout
+    return "RUNNING" in status or "PENDING" in status
+
+
+def _submit(address, env, out, wait: bool):
+    command = ["ray", "job", "submit", "--address", address]
+    if not wait:
+        command.append("--no-wait")
+    return subprocess.run([*command, "--", "python", "-m", "raypipe.build", *BUILD_ARGS, "--out-dir", out],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_one_gpu_job_streams_survives_a_stop_and_resubmits_to_the_local_result(ray_head, local_build, tmp_path):
+    """On one GPU the engine holds it: prefill shares it (colocated), so shards land from the first minutes; a job
+    stopped after its first shard keeps that shard; resubmitted, it finishes the dataset a local run builds."""
+    from raypipe.store import read_manifest
+    from tests.integration.simulation import assert_streamed, assert_written_shards_survive, wait_for_first_shard
+
     address, env = ray_head
-    out = f"file://{tmp_path / 'job_out'}"
-    result = subprocess.run(
-        ["ray", "job", "submit", "--address", address, "--", "python", "-m", "raypipe.build", *BUILD_ARGS,
-         "--out-dir", out],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "succeeded" in result.stdout
+    folder = tmp_path / "job_out"
+    out = f"file://{folder}"  # written through a pyarrow filesystem URI, as on a cluster's shared storage
+    submitted = _submit(address, env, out, wait=False)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    job_id = re.search(r"(raysubmit_\w+)", submitted.stdout)[1]
+    done = wait_for_first_shard(folder, lambda: _job_active(address, env, job_id))
+    subprocess.run(["ray", "job", "stop", "--address", address, job_id], env=env, capture_output=True, timeout=300)
+    logs = subprocess.run(["ray", "job", "logs", "--address", address, job_id], env=env, capture_output=True,
+                          text=True).stdout
+    assert done, logs[-3000:]
+    assert "placement colocated: 1 engine actor(s) x 1 GPU(s)" in logs, logs[-3000:]
+    assert_written_shards_survive(folder, done)
+
+    resubmitted = _submit(address, env, out, wait=True)
+    assert resubmitted.returncode == 0 and "succeeded" in resubmitted.stdout, resubmitted.stdout[-4000:]
+    assert re.search(r"(\d+) already complete", resubmitted.stdout)
+    assert_written_shards_survive(folder, done)
+    assert read_manifest(out)["runs"][-1]["placement"]["mode"] == "colocated"
+    assert_streamed(folder)
     assert_same_dataset(out, local_build)

@@ -69,7 +69,8 @@ def test_samples_differ_and_correctness_matches_the_texts(sampled_build):
     assert any(len({tuple(ids) for ids in row["token_ids"]}) > 1 for row in rollouts)  # sampling, not greedy
     answers = {i: row["answer"] for i, row in enumerate(SOURCE)}
     for i, row in enumerate(rollouts):
-        flags = [is_correct(text, answers[row["row_id"]]) for text in row["text"]]
+        flags = [is_correct(text, answers[row["row_id"]], reason)
+                 for text, reason in zip(row["text"], row["finish_reason"])]
         assert tensors["label.success_rate"][i].item() == pytest.approx(sum(flags) / K)
         assert tensors["label.correct"][i].item() == float(flags[0])
 

@@ -82,3 +82,27 @@ def test_answer_position_features_equal_a_forward_over_prompt_plus_answer(stage,
                                atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(features[0, :, 1], torch.stack([states[l][0, -2] for l in (0, 7, 30)]),
                                atol=1e-4, rtol=1e-4)
+
+
+def test_the_forward_stops_after_the_last_layer_asked_for_and_features_still_match(tokenizer):
+    """Layers 3 and 12 only: hooks keep those two, the forward ends at layer 12, the features equal a full forward."""
+    from transformers import AutoModelForCausalLM
+
+    from raypipe.config import EMBEDDED_MODEL_ID
+    from raypipe.data import to_prompt_rows
+
+    early = PrefillStage(EMBEDDED_MODEL_ID, "float32", layers=[3, 12], positions=[-2, -1], batch_tokens=256)
+    ran = []
+    for index, layer in enumerate(early.model.layers):
+        layer.register_forward_hook(lambda module, args, output, index=index: ran.append(index))
+    rows = [{"row_id": i, "question": q, "answer": None} for i, q in enumerate(["What is 2+3?", "Hi there"])]
+    ids = [r.prompt_token_ids for r in to_prompt_rows(rows, tokenizer, chat_template=True)]
+    features = early.features(ids)
+    model = AutoModelForCausalLM.from_pretrained(early.model.config._name_or_path, dtype=torch.float32)
+    for i, prompt in enumerate(ids):
+        with torch.inference_mode():
+            states = model(torch.tensor([prompt]), output_hidden_states=True).hidden_states
+        expected = torch.stack([torch.stack([states[layer][0, p] for p in (-2, -1)]) for layer in (3, 12)])
+        torch.testing.assert_close(features[i], expected, atol=1e-4, rtol=1e-4)
+    # The shared prefix runs every layer once (its cache); the suffix batches stop before layer 12.
+    assert ran.count(29) == 1 and ran.count(12) == 1 and ran.count(11) >= 2

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 
 from raypipe.config import BuildConfig, SourceConfig, apply_overrides, get_preset
 from raypipe.data import PromptRow, to_prompt_rows
-from raypipe.pipeline import usable_rows
+from raypipe.data import usable_rows
 from tests.conftest import assert_one_line_error, no_complete_shard, run_cli
 
 
@@ -64,4 +64,10 @@ def test_layer_out_of_range(tmp_path):
     result = run_cli("raypipe.build", "--train-dataset", str(parquet_source), "--prompt-field", "question",
                      "--layers", "0,31", "--out-dir", str(tmp_path / "o"))
     assert_one_line_error(result, "layer index 31 is out of range", "30 layers")
+    assert no_complete_shard(tmp_path / "o")
+
+
+def test_a_tp_that_does_not_divide_the_heads_is_refused_before_any_work(tmp_path):
+    result = run_cli("raypipe.build", "--builtin-size", "4", "--tp", "2", "--out-dir", str(tmp_path / "o"))
+    assert_one_line_error(result, "--tp 2 must divide the model's 9 attention heads")
     assert no_complete_shard(tmp_path / "o")

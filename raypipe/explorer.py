@@ -1,0 +1,116 @@
+"""A build and its probe outputs as tables and figures: what the marimo explorer (notebooks/explorer.py) shows.
+
+Everything here returns values (strings, DataFrames, matplotlib figures) and writes nothing, so the notebook shows
+them and tests can check them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from raypipe.store import read_manifest
+
+
+def describe(manifest: dict) -> str:
+    """The manifest in words (markdown): model, layers, positions, labels and their counts, skipped rows, shards."""
+    config, features = manifest.get("config", {}), manifest["features"]
+    lines = [f"**Model** `{manifest['model']['model_id']}` ({manifest['model'].get('num_layers')} layers, hidden "
+             f"{manifest['model'].get('hidden_size')}), backend `{config.get('backend', 'vllm')}`, "
+             f"{config.get('model', {}).get('num_samples', 1)} sample(s) per prompt.",
+             f"**Features**: layers {features['layers']} x positions {features['positions']}.", "", "**Labels**:", ""]
+    for name, label in manifest["labels"].items():
+        counts = "; ".join(f"{split}: " + ", ".join(f"{k}: {v}" for k, v in c.items())
+                           for split, c in label.get("counts", {}).items() if c)
+        derived = f" (derived from {label['derived_from']})" if label.get("derived_from") else ""
+        lines.append(f"- `{name}` ({label.get('kind', '?')}{derived}){': ' + counts if counts else ''}")
+    skipped = {split: c for split, c in manifest.get("skipped_rows", {}).items() if c}
+    lines += ["", f"**Skipped rows**: {skipped or 'none'}."]
+    shards = [(split, name, shard["status"]) for split, data in manifest["splits"].items()
+              for name, shard in data["shards"].items()]
+    failed = [f"{split}/{name}" for split, name, status in shards if status == "failed"]
+    complete = sum(status == "complete" for _, _, status in shards)
+    lines.append(f"**Shards**: {complete} of {len(shards)} complete; failed: {', '.join(failed) or 'none'}.")
+    return "\n".join(lines)
+
+
+def rows_table(data_dir: str):
+    """One row per prompt (both splits): row_id, split, every label's value, prompt, samples and finish reasons."""
+    import pandas as pd
+
+    from raypipe.labels.catalog import label_values
+    from raypipe.store import load_rollouts, load_split
+
+    manifest = read_manifest(data_dir)
+    frames = []
+    for split in ("train", "test"):
+        if not any(s["status"] == "complete" for s in manifest["splits"].get(split, {}).get("shards", {}).values()):
+            continue
+        tensors = load_split(data_dir, split, layers=[0], positions=[0])
+        frame = pd.DataFrame({"row_id": tensors["row_id"].numpy(), "split": split})
+        for name, definition in manifest["labels"].items():
+            if definition.get("derived_from") and definition["params"].get("threshold") is None:
+                continue
+            frame[name] = label_values(manifest["labels"], name, tensors)
+        rollouts = load_rollouts(data_dir, split).to_pandas()
+        keep = [c for c in ("row_id", "prompt", "text", "finish_reason") if c in rollouts]
+        frames.append(frame.merge(rollouts[keep], on="row_id", how="left"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def label_distributions(manifest: dict, table):
+    """A figure: per label and split, class counts (0/1 labels) or a histogram (continuous ones)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in manifest["labels"] if n in table]
+    figure, axes = plt.subplots(1, max(len(names), 1), figsize=(3.2 * max(len(names), 1), 2.8), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        for split, part in table.groupby("split"):
+            values = part[name].dropna()
+            if set(values.unique()) <= {0.0, 1.0}:
+                counts = values.value_counts().reindex([0.0, 1.0], fill_value=0)
+                offset = -0.2 if split == "train" else 0.2
+                axis.bar(np.array([0, 1]) + offset, counts.values, width=0.4, label=split)
+                axis.set_xticks([0, 1])
+            else:
+                axis.hist(values, bins=15, alpha=0.6, label=split)
+        axis.set_title(name, fontsize=9)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def probe_outputs(directory: str | None) -> dict:
+    """The JSON outputs of a probe run, a sweep or an evaluation found in a folder (empty when none)."""
+    found = {}
+    if directory:
+        for name in ("performance.json", "best_probe_predictions.json", "evaluation.json", "probe_eval.json"):
+            path = Path(directory) / name
+            if path.is_file():
+                found[name.removesuffix(".json")] = json.loads(path.read_text())
+    return found
+
+
+def live_probe(data_dir: str, label: str, layer: int, position, alpha: float = 1.0) -> dict:
+    """Fit one logistic (or ridge) probe on the train split at (layer, position) and score it on test, now."""
+    from raypipe.probes.dataset import load_probe_data
+    from raypipe.probes.metrics import score
+
+    data = load_probe_data(data_dir, label, [layer], [position])
+    train, test = data.train, data.test
+    x_train, x_test = train.features[:, 0, 0].numpy(), test.features[:, 0, 0].numpy()
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    model = LogisticRegression(C=1 / alpha, max_iter=2000) if data.task == "classification" else Ridge(alpha=alpha)
+    model.fit((x_train - mean) / std, train.labels)
+    predict = (lambda x: model.predict_proba(x)[:, 1]) if data.task == "classification" else model.predict
+    value = score(predict((x_test - mean) / std), test.labels, data.task) if len(test.labels) else float("nan")
+    return {"label": label, "layer": layer, "position": position, "task": data.task,
+            "metric": "roc_auc" if data.task == "classification" else "spearman", "test_score": value,
+            "train_rows": len(train.labels), "test_rows": len(test.labels)}

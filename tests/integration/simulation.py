@@ -1,0 +1,75 @@
+"""Helpers of the simulated GPU clusters: logical GPUs (`Cluster.add_node(num_gpus=...)`, `ray start --num-gpus`)
+make Ray place GPU-asking actors exactly as on GPUs while the work runs on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from raypipe.store import load_split, read_manifest
+from tests.conftest import REPO, run_cli
+
+
+def complete_shards(out: Path) -> dict[str, dict]:
+    """'split/name' -> manifest entry of every complete shard (empty while there is no manifest)."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return {f"{split}/{name}": shard for split, data in manifest["splits"].items()
+            for name, shard in data["shards"].items() if shard["status"] == "complete"}
+
+
+def wait_for_first_shard(out: Path, alive, timeout: float = 900) -> dict[str, dict]:
+    """Poll the manifest until a shard is complete (or the build ends); `alive()` is asked every few seconds."""
+    deadline, asked = time.time() + timeout, 0.0
+    while not (done := complete_shards(out)) and time.time() < deadline:
+        if time.time() - asked > 3:
+            if not alive():
+                return complete_shards(out)
+            asked = time.time()
+        time.sleep(0.2)
+    return done
+
+
+def assert_streamed(out: Path) -> None:
+    """The first shard was written before the last rollout ended: shards land while the engines still generate."""
+    shards = [s for d in read_manifest(out)["splits"].values() for s in d["shards"].values()]
+    first_written = min(s["stats"]["write"]["end"] for s in shards)
+    last_rollout = max(s["stats"]["rollout"]["end"] for s in shards)
+    assert first_written < last_rollout, (first_written, last_rollout)
+
+
+def assert_written_shards_survive(out: Path, before: dict[str, dict]) -> None:
+    """Every shard complete before the interruption is still complete, with the same files (sha256), and loads."""
+    after = complete_shards(out)
+    for name, entry in before.items():
+        assert name in after and after[name]["files"] == entry["files"], name
+    for split in {name.split("/")[0] for name in before}:
+        load_split(out, split)  # verifies every sha256
+
+
+def kill_after_first_shard_then_resume(args: list[str], out: Path, env: dict, log: Path) -> tuple[dict, str]:
+    """SIGKILL a build's driver once its first shard is complete; check that nothing written was lost; run the same
+    command again to completion. Returns (shards complete at the kill, the rerun's stdout)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    with open(log, "w") as sink:
+        driver = subprocess.Popen([sys.executable, "-m", "raypipe.build", *args, "--out-dir", str(out)], cwd=REPO,
+                                  env=full_env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        done = wait_for_first_shard(out, lambda: driver.poll() is None)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    assert done, log.read_text()[-3000:]
+    total = sum(1 for d in read_manifest(out)["splits"].values() for _ in d["shards"])
+    assert len(done) < total, "the kill should land mid-build"
+    assert_written_shards_survive(out, done)
+    rerun = run_cli("raypipe.build", *args, "--out-dir", str(out), env=env)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert_written_shards_survive(out, done)
+    assert all(s["status"] == "complete" for d in read_manifest(out)["splits"].values() for s in d["shards"].values())
+    return done, rerun.stdout
