@@ -56,7 +56,9 @@ def main() -> None:
     bin_dir = str(Path(sys.executable).parent)
     temp_dir = tempfile.mkdtemp(prefix="rp-", dir="/tmp")
     out = Path(temp_dir) / "out"
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "RAY_TMPDIR": temp_dir}
+    # Loopback only: Ray takes 127.0.0.1 as every node's address.
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "RAY_TMPDIR": temp_dir,
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}  # `ray start` heads want the token
     env.pop("RAY_ADDRESS", None)
     port = _free_port()
     head = subprocess.Popen([os.path.join(bin_dir, "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
@@ -64,7 +66,11 @@ def main() -> None:
                              "--include-dashboard=false"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        time.sleep(10)
+        record = Path(temp_dir) / "ray" / "ray_current_cluster"  # written once the head is up
+        deadline = time.time() + 180
+        while not record.exists() and time.time() < deadline and head.poll() is None:
+            time.sleep(0.5)
+        time.sleep(3)
         started = time.time()
         build = subprocess.run([sys.executable, "-m", "raypipe.build", "--preset", "smollm2_135m", "--builtin-size",
                                 str(args.prompts), "--shard-size", str(args.shard_size), "--out-dir", str(out),
