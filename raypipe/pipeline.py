@@ -42,8 +42,8 @@ def prepare(config: BuildConfig) -> BuildInputs:
     text_config = hf_config.get_text_config()
     num_layers, hidden_size = text_config.num_hidden_layers, text_config.hidden_size
     heads = getattr(text_config, "num_attention_heads", None)
-    if config.backend == "vllm" and heads and heads % config.model.tp:
-        raise UserError(f"--tp {config.model.tp} must divide the model's {heads} attention heads (tensor parallelism "
+    if config.backend == "vllm" and heads and heads % config.model.vllm.tp:
+        raise UserError(f"--tp {config.model.vllm.tp} must divide the model's {heads} attention heads (tensor parallelism "
                         f"splits them); use a tp that does")
     layers = config.features.layer_list(num_layers)
     positions = expand_positions(config.features.position_specs(), tokenizer, config.features.eoi_tokens)
@@ -53,9 +53,15 @@ def prepare(config: BuildConfig) -> BuildInputs:
     if config.features.missing_marker == "fail":
         check_markers(sources, splits, positions, tokenizer, config)
     has_answers = any(source.has_answers for source in sources.values())
+    rollouts = config.backend != "none"
+    if not rollouts and any(isinstance(p, str) and p.startswith("answer:") for p in positions):
+        raise UserError("--positions answer:-N reads the first sample's tokens; --backend none generates none")
     labels = catalog.plan(config.model, config.labels, config.source.label_columns, has_answers,
-                          answer_match(config, sources) if has_answers else "math")
-    return BuildInputs(_local_path(model_path), num_layers, hidden_size, layers, positions, labels, sources, splits)
+                          answer_match(config, sources) if has_answers else "math", rollouts=rollouts)
+    absent = {} if rollouts else catalog.absent_without_rollouts(config.model, config.labels,
+                                                                  config.source.label_columns, has_answers)
+    return BuildInputs(_local_path(model_path), num_layers, hidden_size, layers, positions, labels, sources, splits,
+                       absent)
 
 
 def answer_match(config: BuildConfig, sources) -> str:
@@ -151,18 +157,22 @@ def run_build(config: BuildConfig, overwrite: bool = False) -> int:
               f"(manifest: {manifest.path})", file=sys.stderr, flush=True)
         return 1
     print(f"raypipe: done; manifest at {manifest.path}", flush=True)
-    print(next_steps(config.out_dir), flush=True)
+    print(next_steps(config.out_dir, bool(manifest.data["labels"])), flush=True)
     return 0
 
 
-def next_steps(out_dir: str) -> str:
+def next_steps(out_dir: str, has_labels: bool = True) -> str:
     name = os.path.basename(out_dir.rstrip("/")) or "build"
     parent = os.path.dirname(out_dir.rstrip("/"))
     probe, sweep = os.path.join(parent, f"{name}-probe"), os.path.join(parent, f"{name}-sweep")
+    if not has_labels:
+        return (f"next: this build has features and no label (--label-column COLUMN gives one):\n"
+                f"  raypipe status {out_dir}\n  raypipe explore {out_dir}")
     return ("next:\n"
             f"  raypipe status {out_dir}\n"
             f"  raypipe train --data-dir {out_dir} --out-dir {probe}\n"
-            f"  raypipe sweep --data-dir {out_dir} --out-dir {sweep}")
+            f"  raypipe sweep --data-dir {out_dir} --out-dir {sweep}\n"
+            f"  raypipe explore {out_dir} --sweep {sweep}")
 
 
 def _finish_derived_labels(config: BuildConfig, manifest: Manifest) -> None:
@@ -335,7 +345,8 @@ def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan], 
     context.print_on_execution_start = False
     context.max_errored_blocks = len(pending)  # a lost shard is reported failed; the others still finish
     model, retries = config.model, config.max_retries
-    board = start_board(list(STAGES), len(pending), sum(len(p.indices) for p in pending))
+    stages = [stage for stage in STAGES if stage != "rollout" or config.backend != "none"]
+    board = start_board(stages, len(pending), sum(len(p.indices) for p in pending))
     # Bounded: a shard that kills every actor it meets must end as failed, not restart actors forever. Ray 2.60 has
     # no named map_batches parameter for these, only the deprecated **ray_remote_args.
     warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
@@ -355,8 +366,11 @@ def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan], 
     ds = ds.map_batches(PrepareStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
                         fn_constructor_kwargs={"config": config, "sources": sources, "positions": inputs.positions,
                                                "retries": retries, "progress": board}, **actor_args)
-    if placement.mode == "colocated":
-        vllm_share = dataclasses.replace(model, gpu_memory_utilization=placement.vllm_memory_utilization)
+    if config.backend == "none":
+        pass  # no rollouts: not a token is generated
+    elif placement.mode == "colocated":
+        vllm_share = dataclasses.replace(model, vllm=dataclasses.replace(
+            model.vllm, gpu_memory_utilization=placement.vllm_memory_utilization))
         ds = ds.map_batches(
             ColocatedStage, batch_size=1, compute=engine_pool, num_gpus=placement.gpus_per_engine, num_cpus=1,
             fn_constructor_kwargs={"rollout": {**rollout, "model": vllm_share}, "progress": board,
@@ -381,7 +395,7 @@ def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan], 
                         **actor_args)
     returned = set()
     print(f"raypipe: streaming {len(pending)} shards", flush=True)
-    with ProgressPrinter(board, list(STAGES)):
+    with ProgressPrinter(board, stages):
         for row in ds.iter_rows():
             entry = json.loads(row["entry"])
             returned.add((entry["split"], entry["name"]))

@@ -123,7 +123,7 @@ def colocated_memory(shape: ModelShape, tp: int, gpu_memory_gb: float, max_utili
 def place(model, shape: ModelShape, nodes: list[Node], backend: str = "vllm", mode: str = "auto") -> Placement:
     """The placement of a build's actors on these nodes; a UserError (naming the arithmetic) when nothing fits.
 
-    `model` is a ModelConfig (tp, dp, prefill_actors, max_model_len, gpu_memory_utilization are read).
+    `model` is a ModelConfig (dp, prefill_actors, max_model_len and the vllm group are read).
     """
     if mode not in ("auto", "colocated", "separate"):
         raise UserError(f"--placement must be auto, colocated or separate, got {mode!r}")
@@ -143,12 +143,12 @@ def place(model, shape: ModelShape, nodes: list[Node], backend: str = "vllm", mo
         return Placement("separate", 0, 0, actors, span, notes=("nothing to generate: every GPU prefills",),
                          backend=backend)
 
-    tp = model.tp
+    tp = model.vllm.tp if backend == "vllm" else 1  # the hf engine runs on one device
     largest = max(node.gpus for node in gpu_nodes)
     if tp > largest:
         raise UserError(f"tp={tp} needs {tp} GPUs on one node (an engine's tensor-parallel workers share a node); "
                         f"the largest node here has {largest}: lower --tp")
-    utilization, prefill_gb, kv, needed = colocated_memory(shape, tp, memory, model.gpu_memory_utilization,
+    utilization, prefill_gb, kv, needed = colocated_memory(shape, tp, memory, model.vllm.gpu_memory_utilization,
                                                            model.max_model_len)
     if mode == "colocated" or (mode == "auto" and kv >= needed):
         if kv < needed:
@@ -189,6 +189,6 @@ def place(model, shape: ModelShape, nodes: list[Node], backend: str = "vllm", mo
     idle = total - span - engines * tp
     if idle:
         notes.append(f"{idle} GPU(s) left idle")
-    kv_separate = model.gpu_memory_utilization * memory - shape.weights_gb / tp - VLLM_OVERHEAD_GB
-    return Placement("separate", engines, tp, prefill_actors, span, model.gpu_memory_utilization, None,
+    kv_separate = model.vllm.gpu_memory_utilization * memory - shape.weights_gb / tp - VLLM_OVERHEAD_GB
+    return Placement("separate", engines, tp, prefill_actors, span, model.vllm.gpu_memory_utilization, None,
                      round(kv_separate, 2), tuple(notes), backend)

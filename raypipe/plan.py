@@ -10,7 +10,7 @@ one row shorter, counted in the manifest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from raypipe.data import Source, SplitRows
 from raypipe.store import shard_name
@@ -30,6 +30,7 @@ class BuildInputs:
     labels: dict[str, dict]  # the labels this build has, with definitions (labels.catalog.plan)
     sources: dict[str, Source]
     splits: dict[str, SplitRows]
+    absent_labels: dict[str, str] = field(default_factory=dict)  # label -> why this build does not have it
 
 
 @dataclass

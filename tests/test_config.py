@@ -5,8 +5,8 @@ from raypipe.errors import UserError
 
 
 def test_real_presets_match_loop_probe():
-    assert (PRESETS["qwq_32b"].model_id, PRESETS["qwq_32b"].tp, PRESETS["qwq_32b"].dp) == ("Qwen/QwQ-32B", 8, 1)
-    assert (PRESETS["openthinker3_7b"].model_id, PRESETS["openthinker3_7b"].tp, PRESETS["openthinker3_7b"].dp) == (
+    assert (PRESETS["qwq_32b"].model_id, PRESETS["qwq_32b"].vllm.tp, PRESETS["qwq_32b"].dp) == ("Qwen/QwQ-32B", 8, 1)
+    assert (PRESETS["openthinker3_7b"].model_id, PRESETS["openthinker3_7b"].vllm.tp, PRESETS["openthinker3_7b"].dp) == (
         "open-thoughts/OpenThinker3-7B", 1, 8)
     assert (PRESETS["openthinker3_1p5b"].model_id, PRESETS["openthinker3_1p5b"].dp) == (
         "open-thoughts/OpenThinker3-1.5B", 8)
@@ -22,8 +22,8 @@ def test_every_preset_is_valid_and_trusts_no_remote_code(name):
 
 def test_get_preset_returns_a_copy():
     preset = get_preset("qwq_32b")
-    preset.tp = 1
-    assert PRESETS["qwq_32b"].tp == 8
+    preset.vllm.tp = 1
+    assert PRESETS["qwq_32b"].vllm.tp == 8  # a deep copy: the nested vLLM group too
 
 
 def test_unknown_preset_names_the_known_ones():
@@ -34,7 +34,15 @@ def test_unknown_preset_names_the_known_ones():
 def test_overrides_replace_only_given_fields():
     base = get_preset("openthinker3_7b")
     over = apply_overrides(base, {"temperature": 0.1, "dp": 2, "top_p": None})
-    assert (over.temperature, over.dp, over.top_p, over.tp) == (0.1, 2, base.top_p, base.tp)
+    assert (over.temperature, over.dp, over.top_p, over.vllm.tp) == (0.1, 2, base.top_p, base.vllm.tp)
+
+
+def test_engine_knobs_are_grouped_per_backend_and_overridden_by_their_flat_names():
+    over = apply_overrides(get_preset("smollm2_135m"), {"tp": 2, "max_num_seqs": 8, "hf_batch_tokens": 1024,
+                                                        "max_sequences": 4, "enforce_eager": None})
+    assert (over.vllm.tp, over.vllm.max_num_seqs, over.vllm.enforce_eager) == (2, 8, True)
+    assert (over.hf.batch_tokens, over.hf.max_sequences) == (1024, 4)
+    assert get_preset("smollm2_135m").vllm.tp == 1
 
 
 def test_unknown_override_is_an_error():

@@ -143,3 +143,13 @@ def test_derived_values_come_from_the_threshold_and_keep_missing_rows_missing():
 def test_counts_only_for_labels_that_are_zero_or_one():
     assert catalog.counts({"loop": [0, 1, 1], "correct": [1.0, float("nan")], "rate": [0.5, 1.0]}) == \
         {"loop": {"0": 1, "1": 2}, "correct": {"1": 1}}
+
+
+def test_without_rollouts_only_the_datas_columns_are_labels_and_the_rest_are_said_absent():
+    model = apply_overrides(get_preset("smollm2_135m"), {"num_samples": 4})
+    planned = catalog.plan(model, LabelConfig(), ["difficulty"], has_answers=True, rollouts=False)
+    assert list(planned) == ["difficulty"] and not catalog.uses_rollouts(planned)
+    absent = catalog.absent_without_rollouts(model, LabelConfig(), ["difficulty"], has_answers=True)
+    assert {"loop", "correct", "semantic_entropy", "mean_logprob"} <= set(absent) and "difficulty" not in absent
+    shard = {"columns": [{"difficulty": 0.5}, {"difficulty": 0.0}]}  # no token_ids: nothing was generated
+    assert catalog.label_shard(shard, planned, loop_n=2, loop_k=3) == {"difficulty": [0.5, 0.0]}

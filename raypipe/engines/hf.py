@@ -78,7 +78,7 @@ class HfEngine:
     def generate_now(self, prompt_token_ids: list[list[int]], row_ids: list[int]) -> dict[str, list]:
         from raypipe.engines.vllm import mean
 
-        k, budget = self.model.num_samples, self.model.hf_batch_tokens
+        k, budget = self.model.num_samples, self.model.hf.batch_tokens
         result = {"token_ids": [None] * len(row_ids), "text": [None] * len(row_ids),
                   "finish_reason": [None] * len(row_ids)}
         logprobs, entropies = [None] * len(row_ids), [None] * len(row_ids)
@@ -106,7 +106,7 @@ class HfEngine:
         for i in sorted(range(len(prompt_token_ids)), key=lambda i: -len(prompt_token_ids[i])):
             alone = len(prompt_token_ids[i]) + self.model.max_tokens > limit
             width = (len(prompt_token_ids[batch[0]]) if batch else 0) + self.model.max_tokens
-            if batch and (alone or (len(batch) + 1) * k * width > budget or (len(batch) + 1) * k > self.model.max_num_seqs):
+            if batch and (alone or (len(batch) + 1) * k * width > budget or (len(batch) + 1) * k > self.model.hf.max_sequences):
                 batches.append(batch)
                 batch = []
             batch.append(i)

@@ -45,12 +45,12 @@ def engine_args(model_path: str, model, seed: int, on_gpu: bool = True) -> dict:
         # batches. Whole prefills discard nothing.
         "enable_chunked_prefill": False, "max_num_batched_tokens": max(model.max_model_len, 8192)}
     return dict(**cpu,
-        model=model_path, tensor_parallel_size=model.tp, dtype=model.dtype, max_model_len=model.max_model_len,
-        max_num_seqs=model.max_num_seqs, gpu_memory_utilization=model.gpu_memory_utilization,
-        enforce_eager=model.enforce_eager, trust_remote_code=model.trust_remote_code, seed=seed,
+        model=model_path, tensor_parallel_size=model.vllm.tp, dtype=model.dtype, max_model_len=model.max_model_len,
+        max_num_seqs=model.vllm.max_num_seqs, gpu_memory_utilization=model.vllm.gpu_memory_utilization,
+        enforce_eager=model.vllm.enforce_eager, trust_remote_code=model.trust_remote_code, seed=seed,
         # Inside a Ray actor that already holds its tp devices, vLLM's own multiprocessing executor runs the tp
         # workers; vLLM's Ray executor would try to place them again (and refuses the CPU platform).
-        distributed_executor_backend="mp" if model.tp > 1 else None,
+        distributed_executor_backend="mp" if model.vllm.tp > 1 else None,
     )
 
 
@@ -62,9 +62,9 @@ class VllmEngine:
         if not on_gpu:
             # vLLM's CPU backend sizes its KV cache from this (GiB); its default takes far more than a test needs.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-            if model.tp > 1:  # it will not bind tp workers' threads on a single NUMA node by itself
+            if model.vllm.tp > 1:  # it will not bind tp workers' threads on a single NUMA node by itself
                 cores = os.cpu_count() or 1
-                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i % cores) for i in range(model.tp)))
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i % cores) for i in range(model.vllm.tp)))
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
         self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**engine_args(model_path, model, seed,

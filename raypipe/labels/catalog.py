@@ -50,9 +50,13 @@ def semantic_method(config, has_answers: bool) -> str | None:
     return config.semantic_method
 
 
-def plan(model, config, columns: Sequence[str], has_answers: bool, answer_match: str = "math") -> dict[str, dict]:
+def plan(model, config, columns: Sequence[str], has_answers: bool, answer_match: str = "math",
+         rollouts: bool = True) -> dict[str, dict]:
     """The labels a build will have, with their definitions, as the manifest records them. `answer_match` is the
-    resolved --answer-match (math or exact)."""
+    resolved --answer-match (math or exact). Without rollouts (--backend none) only the given columns are labels."""
+    if not rollouts:
+        return {column: {"kind": "given", "definition": f"the source's column {column!r}, as given", "counts": {}}
+                for column in columns}
     names = ["loop"]
     if model.num_samples >= 2:
         names += ["loop_fraction", "max_tokens_fraction"]
@@ -81,6 +85,16 @@ def plan(model, config, columns: Sequence[str], has_answers: bool, answer_match:
     for column in columns:  # a source column wins over a computed label of the same name
         labels[column] = {"kind": "given", "definition": f"the source's column {column!r}, as given", "counts": {}}
     return labels
+
+
+def absent_without_rollouts(model, config, columns: Sequence[str], has_answers: bool) -> dict[str, str]:
+    """The rollout labels a build without rollouts does not have, each with the reason (the manifest says so)."""
+    planned = plan(model, config, columns, has_answers)
+    return {name: "no rollouts (--backend none)" for name, d in planned.items() if d["kind"] != "given"}
+
+
+def uses_rollouts(planned: dict[str, dict]) -> bool:
+    return any(definition["kind"] != "given" for definition in planned.values())
 
 
 def stored(planned: dict[str, dict]) -> list[str]:
@@ -124,6 +138,8 @@ def label_shard(shard: dict[str, Any], planned: dict[str, dict], *, loop_n: int,
                 cluster: Cluster | None = None) -> dict[str, list]:
     """The stored labels of one shard's rows, one list per label, from its rollouts and source columns. Rows and
     samples with a reference but no final answer are counted in shard["answer_counts"]."""
+    if not uses_rollouts(planned):  # --backend none: the source's columns only
+        return {name: [columns[name] for columns in shard["columns"]] for name in stored(planned)}
     match = planned.get("correct", {}).get("params", {}).get("match", "math")
     rows = [row_labels(samples, texts, finish, answer, loop_n=loop_n, loop_k=loop_k, cluster=cluster, match=match)
             for samples, texts, finish, answer in zip(shard["token_ids"], shard["text"], shard["finish_reason"],

@@ -12,16 +12,20 @@ class LabelStage(ShardStage):
 
     name = "label"
     inputs = ("token_ids", "text", "finish_reason", "answer", "columns")
-
+    given_only = ("columns",)  # without rollouts (--backend none) the labels are the source's columns
     def __init__(self, loop_n: int, loop_k: int, labels=None, planned: dict | None = None, retries: int = 0,
                  progress=None):
         super().__init__(retries, progress)
         from raypipe.config import LabelConfig
         from raypipe.labels.semantic import make_clusterer
 
+        from raypipe.labels.catalog import uses_rollouts
+
         config = labels or LabelConfig()
         self.loop_n, self.loop_k = loop_n, loop_k
-        self.planned = planned or {"loop": {"kind": "binary"}}
+        self.planned = planned if planned is not None else {"loop": {"kind": "binary"}}
+        if not uses_rollouts(self.planned):
+            self.inputs = self.given_only
         self.cluster = None
         if "semantic_entropy" in self.planned:
             self.cluster = make_clusterer(self.planned["semantic_entropy"]["params"]["method"], config.nli_model,

@@ -30,15 +30,17 @@ def shard_tensors(shard: dict[str, Any]) -> dict[str, Any]:
 
 
 def shard_rollouts(shard: dict[str, Any]) -> dict[str, list]:
-    """The sidecar columns: per row, the prompt as given to the model and every sample of its rollout."""
-    return {key: shard[key] for key in ("row_id", "prompt", "prompt_token_ids", "token_ids", "text", "finish_reason")}
+    """The sidecar columns: per row, the prompt as given to the model, its reference answer, and every sample of its
+    rollout (none with --backend none)."""
+    columns = ("row_id", "prompt", "prompt_token_ids", "answer", "token_ids", "text", "finish_reason")
+    return {key: shard[key] for key in columns if key in shard}
 
 
 class WriteStage(ShardStage):
     """Writes one shard and returns its manifest entry (files, sha256, rows, label counts, stats) as JSON."""
 
     name = "write"
-    inputs = ("features", "features_dtype", "labels", "row_id", "prompt", "prompt_token_ids")
+    inputs = ("features", "features_dtype", "labels", "row_id", "prompt", "prompt_token_ids", "answer")
 
     def __init__(self, out_dir: str, retries: int = 0, progress=None):
         super().__init__(retries, progress)

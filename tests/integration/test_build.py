@@ -106,3 +106,36 @@ def test_the_console_shows_one_line_per_stage_and_the_next_commands(local_build)
         assert command in stdout
     for noise in ("Running Dataset", "Active & requested resources", "- MapBatches(", "INFO streaming_executor"):
         assert noise not in stdout + stderr, noise
+
+
+def test_greedy_hf_rollouts_equal_greedy_vllm_rollouts(local_build, embedded_path):
+    """The hf backend's greedy samples are vLLM's, token for token, on every row of the shared build (128 tokens)."""
+    from raypipe.config import apply_overrides, get_preset
+    from raypipe.engines.hf import HfEngine
+
+    model = apply_overrides(get_preset("smollm2_135m"), {"max_tokens": 128})
+    engine = HfEngine(embedded_path, model, seed=0)
+    agreeing, compared = 0, 0
+    for split in ("train", "test"):
+        rows = load_rollouts(local_build, split).to_pylist()
+        hf = engine.generate_now([r["prompt_token_ids"] for r in rows], [r["row_id"] for r in rows])
+        for row, samples, reasons in zip(rows, hf["token_ids"], hf["finish_reason"]):
+            compared += 1
+            agreeing += samples[0] == row["token_ids"][0] and reasons[0] == row["finish_reason"][0]
+    assert compared == 20 and agreeing == compared
+
+
+def test_backend_none_generates_nothing_and_its_features_equal_the_vllm_builds(local_build, tmp_path):
+    out = tmp_path / "none"
+    result = run_cli("raypipe.build", *BUILD_ARGS, "--backend", "none", "--out-dir", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = read_manifest(out)
+    assert manifest["labels"] == {} and set(manifest["absent_labels"]) >= {"loop", "correct", "mean_logprob"}
+    shards = [s for d in manifest["splits"].values() for s in d["shards"].values()]
+    assert all("rollout" not in s["stats"] for s in shards)  # no stage generated a token
+    assert "rollout" not in result.stdout
+    for split in ("train", "test"):
+        none, vllm = load_split(out, split), load_split(local_build, split)
+        assert none["row_id"].tolist() == vllm["row_id"].tolist()
+        torch.testing.assert_close(none["features"], vllm["features"], atol=1e-4, rtol=1e-4)
+        assert "token_ids" not in load_rollouts(out, split).column_names

@@ -20,17 +20,22 @@ SOURCE = [{"question": f"What is {a} plus {b}? Put the answer in \\boxed{{}}.", 
 SOURCE.append({"question": "Read this twice. " * 120 + "What is 2 plus 2?", "answer": "4", "difficulty": 0.0})
 
 
-@pytest.fixture(scope="module")
-def sampled_build(tmp_path_factory):
-    root = tmp_path_factory.mktemp("k4")
+def _sampled_args(root, backend: str) -> list[str]:
     (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SOURCE))
+    return ["--backend", backend, "--train-dataset", str(root / "prompts.jsonl"), "--prompt-field", "question",
+            "--answer-field", "answer", "--label-column", "difficulty", "--num-samples", str(K),
+            "--temperature", "0.8", "--top-p", "0.95", "--seed", "3", "--max-tokens", "48",
+            "--test-fraction", "0.25", "--shard-size", "5", "--layers", "-1",
+            "--positions", "eoi,marker:plus,answer:-2", "--truncate-long-prompts", "--max-model-len",
+            str(MAX_MODEL_LEN)]
+
+
+@pytest.fixture(scope="module", params=["vllm", "hf"])
+def sampled_build(request, tmp_path_factory):
+    """K samples at temperature 0.8, answers, a given column, eoi/marker/answer positions: built by each backend."""
+    root = tmp_path_factory.mktemp(f"k4-{request.param}")
     out = root / "out"
-    result = run_cli("raypipe.build", "--train-dataset", str(root / "prompts.jsonl"), "--prompt-field", "question",
-                     "--answer-field", "answer", "--label-column", "difficulty", "--num-samples", str(K),
-                     "--temperature", "0.8", "--top-p", "0.95", "--seed", "3", "--max-tokens", "48",
-                     "--test-fraction", "0.25", "--shard-size", "5", "--layers", "-1",
-                     "--positions", "eoi,marker:plus,answer:-2", "--truncate-long-prompts", "--max-model-len",
-                     str(MAX_MODEL_LEN), "--out-dir", str(out))
+    result = run_cli("raypipe.build", *_sampled_args(root, request.param), "--out-dir", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -143,3 +148,21 @@ def test_bad_label_input_stops_before_any_shard(tmp_path, args, message):
     assert result.returncode == 2 and message in lines[-1] and lines[-1].startswith("raypipe: error:"), \
         result.stderr[-2000:]
     assert not (out / "manifest.json").exists()
+
+
+def test_kill_and_resume_under_hf_equals_the_uninterrupted_hf_build(sampled_build, tmp_path):
+    """Per-row seeds: a killed and resumed hf build writes exactly what an uninterrupted one wrote."""
+    from tests.integration.conftest import assert_same_dataset
+    from tests.integration.simulation import kill_after_first_shard_then_resume
+
+    if read_manifest(sampled_build)["config"]["backend"] != "hf":
+        pytest.skip("the hf build's resume; vLLM's is in test_job_submit.py")
+    args = _sampled_args(tmp_path, "hf")
+    kill_after_first_shard_then_resume(args, tmp_path / "out", {}, tmp_path / "killed.log")
+    assert_same_dataset(tmp_path / "out", sampled_build)
+    for split in ("train", "test"):
+        resumed, whole = load_split(tmp_path / "out", split), load_split(sampled_build, split)
+        for name in ("success_rate", "semantic_entropy", "mean_logprob", "mean_token_entropy"):
+            assert torch.equal(resumed[f"label.{name}"], whole[f"label.{name}"]), name
+        assert load_rollouts(tmp_path / "out", split)["text"].to_pylist() == \
+            load_rollouts(sampled_build, split)["text"].to_pylist()
