@@ -92,7 +92,7 @@ def run_plain(path, model, ids, row_ids) -> tuple[float, list[int]]:
     return sum(lengths) / elapsed, lengths
 
 
-def run_raypipe(model, ids, row_ids, shard_size) -> float:
+def run_raypipe(model, ids, row_ids, shard_size, backend: str = "vllm") -> float:
     import json
 
     import numpy as np
@@ -111,7 +111,7 @@ def run_raypipe(model, ids, row_ids, shard_size) -> float:
     ds = ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
         RolloutStage, batch_size=1, num_cpus=1, max_concurrency=model.shards_in_flight,
         compute=ray.data.ActorPoolStrategy(size=1, max_tasks_in_flight_per_actor=model.shards_in_flight),
-        fn_constructor_kwargs={"model_id": EMBEDDED_MODEL_ID, "model": model, "seed": 0},
+        fn_constructor_kwargs={"model_id": EMBEDDED_MODEL_ID, "model": model, "seed": 0, "backend": backend},
     ).map_batches(summarize, batch_size=1, num_cpus=0)
     stats = [json.loads(row["stats"]) for row in ds.iter_rows()]
     ray.shutdown()

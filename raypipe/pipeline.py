@@ -43,8 +43,8 @@ def prepare(config: BuildConfig) -> BuildInputs:
     num_layers, hidden_size = text_config.num_hidden_layers, text_config.hidden_size
     heads = getattr(text_config, "num_attention_heads", None)
     if config.backend == "vllm" and heads and heads % config.model.vllm.tp:
-        raise UserError(f"--tp {config.model.vllm.tp} must divide the model's {heads} attention heads (tensor parallelism "
-                        f"splits them); use a tp that does")
+        raise UserError(f"--tp {config.model.vllm.tp} must divide the model's {heads} attention heads (tensor "
+                        f"parallelism splits them); use a tp that does")
     layers = config.features.layer_list(num_layers)
     positions = expand_positions(config.features.position_specs(), tokenizer, config.features.eoi_tokens)
     if config.source.chat_template and not getattr(tokenizer, "chat_template", None):
@@ -88,8 +88,8 @@ def check_markers(sources, splits, positions, tokenizer, config: BuildConfig) ->
                 missing = [m for m in missing if m not in text]
             if missing:
                 raise UserError(f"row {row['row_id']}: its prompt does not contain the marker of --positions "
-                                f"({', '.join('marker:' + m for m in missing)}); --missing-marker skip counts such rows "
-                                "instead")
+                                f"({', '.join('marker:' + m for m in missing)}); --missing-marker skip counts such "
+                                "rows instead")
 
 
 def check_semantic_models(config: BuildConfig) -> None:

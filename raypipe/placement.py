@@ -139,7 +139,8 @@ def place(model, shape: ModelShape, nodes: list[Node], backend: str = "vllm", mo
         actors = _engines_that_fit(gpu_nodes, span)
         if actors == 0:
             raise UserError(f"a prefill actor needs {span} GPUs of {memory:.0f} GB on one node for "
-                            f"{shape.weights_gb:.1f} GB of weights; the largest node has {max(n.gpus for n in gpu_nodes)}")
+                            f"{shape.weights_gb:.1f} GB of weights; the largest node has "
+                            f"{max(n.gpus for n in gpu_nodes)}")
         return Placement("separate", 0, 0, actors, span, notes=("nothing to generate: every GPU prefills",),
                          backend=backend)
 

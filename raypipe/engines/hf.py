@@ -106,7 +106,8 @@ class HfEngine:
         for i in sorted(range(len(prompt_token_ids)), key=lambda i: -len(prompt_token_ids[i])):
             alone = len(prompt_token_ids[i]) + self.model.max_tokens > limit
             width = (len(prompt_token_ids[batch[0]]) if batch else 0) + self.model.max_tokens
-            if batch and (alone or (len(batch) + 1) * k * width > budget or (len(batch) + 1) * k > self.model.hf.max_sequences):
+            full = (len(batch) + 1) * k * width > budget or (len(batch) + 1) * k > self.model.hf.max_sequences
+            if batch and (alone or full):
                 batches.append(batch)
                 batch = []
             batch.append(i)

@@ -64,7 +64,8 @@ class VllmEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
             if model.vllm.tp > 1:  # it will not bind tp workers' threads on a single NUMA node by itself
                 cores = os.cpu_count() or 1
-                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i % cores) for i in range(model.vllm.tp)))
+                binding = "|".join(str(i % cores) for i in range(model.vllm.tp))
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", binding)
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
         self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**engine_args(model_path, model, seed,

@@ -24,7 +24,8 @@ DEFINITIONS = {
     "max_tokens_fraction": "fraction of the K samples that stopped at the max-token limit (finish_reason 'length')",
     "correct": "1 if the first sample's final answer equals the row's reference answer, else 0; NaN without a "
                "reference. The final answer is the sample's last complete \\boxed{}, else an explicit answer "
-               "statement at its end ('the answer is X', 'final answer: X', '#### X', a last sentence stating a value); "
+               "statement at its end ('the answer is X', 'final answer: X', '#### X', a last sentence stating a "
+               "value); "
                "a sample cut off at the token limit has none unless it boxed one before the cut. A sample without a "
                "final answer is incorrect, and counted in no_final_answer. Equal: by math-verify (match=math) or by "
                "normalised string (match=exact)",
@@ -188,7 +189,8 @@ def label_values(planned: dict[str, dict], name: str, tensors: dict[str, Any]) -
     return np.where(np.isnan(values), np.nan, (values > threshold).astype(np.float64))
 
 
-def finish_derived(planned: dict[str, dict], values_of: Callable[[str, str], np.ndarray], splits: Sequence[str]) -> None:
+def finish_derived(planned: dict[str, dict], values_of: Callable[[str, str], np.ndarray],
+                   splits: Sequence[str]) -> None:
     """Once every shard is complete: choose the thresholds not given (best split of the train values) and count the
     derived labels per split. `values_of(split, name)` reads a stored label of a split."""
     from raypipe.labels.semantic import best_split_threshold

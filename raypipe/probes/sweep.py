@@ -70,7 +70,7 @@ def _chunk_size(rows: int, hidden: int, fits: int, blocks: int, memory_gb: float
 
 
 def solve_all(config: SweepConfig, data: ProbeData, fold: np.ndarray | None, device: str) -> dict[str, np.ndarray]:
-    """Fit every (position, layer) probe; predictions as arrays [positions * layers, rows] in (position, layer) order."""
+    """Fit every (position, layer) probe; predictions as arrays [positions * layers, rows], (position, layer) order."""
     import torch
 
     from raypipe.probes.solvers import fit_logistic, fit_ridge

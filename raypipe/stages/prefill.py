@@ -164,7 +164,8 @@ class PrefillStage(ShardStage):
         import torch
 
         with torch.inference_mode():
-            return self.model(input_ids=torch.tensor([list(prefix)], device=self.device), use_cache=True).past_key_values
+            ids = torch.tensor([list(prefix)], device=self.device)
+            return self.model(input_ids=ids, use_cache=True).past_key_values
 
     def _forward(self, suffixes: list[Sequence[int]], prefix_cache, shared: int, token_index):
         """[b, L, P, H]: the requested layers at token_index of right-padded suffixes, after the shared prefix."""
