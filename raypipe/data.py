@@ -76,6 +76,10 @@ def load_source(spec: str, split: str, builtin_size: int, seed: int):
     """
     import datasets
 
+    if spec.startswith("trigger:"):  # the 2-D trigger task's generated rows and their no-trigger twins
+        from raypipe.tasks.trigger import probe_source_rows
+
+        return datasets.Dataset.from_list(probe_source_rows(spec, split, seed))
     if spec.startswith(BUILTIN_PREFIX):
         name = spec[len(BUILTIN_PREFIX):]
         if name != "arithmetic":
@@ -156,6 +160,7 @@ class Source:
     label_columns: list[str]
     id_field: str | None
     features: Any = None  # datasets.Features: how to decode columns Arrow cannot type (mixed JSON values)
+    classes: dict[str, list[str]] = field(default_factory=dict)  # categorical label column -> its class names
 
     def column(self, part, name: str) -> list:
         values = part.column(name).to_pylist()
@@ -193,7 +198,27 @@ def open_sources(config: SourceConfig) -> tuple[dict[str, Source], dict[str, Spl
         ids = indices if source.id_field is None else \
             source.table.column(source.id_field).take(indices).to_pylist()
         splits[split] = SplitRows(key, indices, ids)
+    classes = label_classes(sources.values())
+    for source in sources.values():
+        source.classes = classes
     return sources, splits
+
+
+def label_classes(sources) -> dict[str, list[str]]:
+    """Class names of each categorical (string) label column, sorted, over every source: train and test share one
+    numbering, so class id i means the same class in every split."""
+    import pyarrow.compute as pc
+    import pyarrow.types as pat
+
+    names: dict[str, set] = {}
+    for source in sources:
+        for column in source.label_columns:
+            values = source.table.column(column)
+            if pat.is_dictionary(values.type):
+                values = values.cast(values.type.value_type)
+            if pat.is_string(values.type) or pat.is_large_string(values.type):
+                names.setdefault(column, set()).update(v for v in pc.unique(values).to_pylist() if v is not None)
+    return {column: sorted(found) for column, found in names.items()}
 
 
 def read_rows(source: Source, indices: list[int], row_ids: list[int]) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -213,7 +238,8 @@ def read_rows(source: Source, indices: list[int], row_ids: list[int]) -> tuple[l
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
         rows.append({"row_id": row_id, "question": question, "answer": None if answer is None else str(answer),
-                     "columns": {name: _label_value(values[i], name) for name, values in columns.items()}})
+                     "columns": {name: _label_value(values[i], source.classes.get(name))
+                                 for name, values in columns.items()}})
     return rows, skipped
 
 
@@ -226,9 +252,12 @@ def load_splits(config: SourceConfig) -> tuple[dict[str, list[dict[str, Any]]], 
     return rows, skipped
 
 
-def _label_value(value, column: str) -> float:
-    """A given label as a float (booleans as 0/1); a missing value is NaN, which probes count and skip."""
-    return float("nan") if value is None else float(value)
+def _label_value(value, classes: list[str] | None) -> float:
+    """A given label as a float: numbers as they are, booleans as 0/1, a categorical value as its class id; a
+    missing value is NaN, which probes count and skip."""
+    if value is None:
+        return float("nan")
+    return float(classes.index(value)) if classes is not None else float(value)
 
 
 def _source(dataset, spec: str, config: SourceConfig) -> Source:
@@ -257,8 +286,12 @@ def _source(dataset, spec: str, config: SourceConfig) -> Source:
         table = table.slice(0, min(config.max_samples, len(table)))
     for name in config.label_columns:
         kind = table.schema.field(name).type
-        if not (pat.is_integer(kind) or pat.is_floating(kind) or pat.is_boolean(kind) or pat.is_null(kind)):
-            raise UserError(f"label column {name!r} of {spec} must hold numbers or booleans, got {kind}")
+        if pat.is_dictionary(kind):
+            kind = kind.value_type
+        if not (pat.is_integer(kind) or pat.is_floating(kind) or pat.is_boolean(kind) or pat.is_null(kind)
+                or pat.is_string(kind) or pat.is_large_string(kind)):
+            raise UserError(f"label column {name!r} of {spec} must hold numbers, booleans or class names (strings), "
+                            f"got {kind}")
     if config.id_field is not None:
         kind = table.schema.field(config.id_field).type
         if not pat.is_integer(kind) or table.column(config.id_field).null_count:

@@ -57,7 +57,8 @@ def prepare(config: BuildConfig) -> BuildInputs:
     if not rollouts and any(isinstance(p, str) and p.startswith("answer:") for p in positions):
         raise UserError("--positions answer:-N reads the first sample's tokens; --backend none generates none")
     labels = catalog.plan(config.model, config.labels, config.source.label_columns, has_answers,
-                          answer_match(config, sources) if has_answers else "math", rollouts=rollouts)
+                          answer_match(config, sources) if has_answers else "math", rollouts=rollouts,
+                          classes=sources["train"].classes)
     absent = {} if rollouts else catalog.absent_without_rollouts(config.model, config.labels,
                                                                   config.source.label_columns, has_answers)
     return BuildInputs(_local_path(model_path), num_layers, hidden_size, layers, positions, labels, sources, splits,

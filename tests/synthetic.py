@@ -10,13 +10,18 @@ from raypipe.store import FORMAT, write_manifest, write_shard
 
 
 def planted_features(rows: int, layers: int, positions: int, hidden: int, planted: tuple[int, int], seed: int,
-                     direction_seed: int = 1234, regression: bool = False):
-    """features [rows, layers, positions, hidden] and labels; the signal lives at planted = (layer, position)."""
+                     direction_seed: int = 1234, regression: bool = False, quadrants: bool = False):
+    """features [rows, layers, positions, hidden] and labels; the signal lives at planted = (layer, position).
+    quadrants: four classes 0..3, the quadrant of the cell's projection on two planted directions."""
     rng = np.random.default_rng(seed)
     features = rng.normal(size=(rows, layers, positions, hidden)).astype(np.float32)
-    direction = np.random.default_rng(direction_seed).normal(size=hidden)
-    direction /= np.linalg.norm(direction)
+    directions = np.random.default_rng(direction_seed).normal(size=(2, hidden))
+    direction = directions[0] / np.linalg.norm(directions[0])
     signal = features[:, planted[0], planted[1]] @ direction
+    if quadrants:
+        second = features[:, planted[0], planted[1]] @ (directions[1] / np.linalg.norm(directions[1]))
+        noisy = [s + 0.2 * rng.normal(size=rows) > 0 for s in (signal, second)]
+        return features, (2 * noisy[0] + noisy[1]).astype(np.float32)
     if regression:
         labels = signal + 0.3 * rng.normal(size=rows)
     else:
@@ -26,20 +31,23 @@ def planted_features(rows: int, layers: int, positions: int, hidden: int, plante
 
 def write_planted_build(out_dir, layers=(0, 1, 2, 3), positions=(-2, -1), hidden=16, planted=(2, 1),
                         rows=(240, 120), shard_size=100, label="planted", regression=False,
-                        extra_labels: dict | None = None, num_layers: int | None = None) -> dict:
-    """A complete build folder (manifest + safetensors shards + parquet sidecars) with a planted label."""
+                        extra_labels: dict | None = None, num_layers: int | None = None,
+                        classes: list[str] | None = None) -> dict:
+    """A complete build folder (manifest + safetensors shards + parquet sidecars) with a planted label; with
+    `classes` (four names) a categorical label, stored as class ids as a build stores a string column."""
     manifest = {
         "format": FORMAT,
         "model": {"model_id": "synthetic", "num_layers": num_layers or max(layers), "hidden_size": hidden},
         "features": {"layers": list(layers), "positions": list(positions), "hidden_size": hidden},
-        "labels": {label: {"kind": "continuous" if regression else "binary"},
+        "labels": {label: {"kind": "categorical", "classes": classes} if classes else
+                   {"kind": "continuous" if regression else "binary"},
                    **{name: {"kind": "binary"} for name in (extra_labels or {})}},
         "splits": {},
     }
     row_id = 0
     for split, count, seed in (("train", rows[0], 0), ("test", rows[1], 1)):
         features, labels = planted_features(count, len(layers), len(positions), hidden, planted, seed,
-                                            regression=regression)
+                                            regression=regression, quadrants=classes is not None)
         shards = manifest["splits"].setdefault(split, {"shards": {}})["shards"]
         for index, start in enumerate(range(0, count, shard_size)):
             part = slice(start, min(start + shard_size, count))

@@ -161,3 +161,31 @@ def test_id_field_gives_row_ids_and_duplicates_are_refused(tmp_path):
     pq.write_table(pa.table({"prompt": ["a", "b"], "uid": [7, 7]}), tmp_path / "dup.parquet")
     with pytest.raises(UserError, match="duplicate ids, e.g. \\[7\\]"):
         load_splits(SourceConfig(train_dataset=str(tmp_path / "dup.parquet"), id_field="uid"))
+
+
+def test_string_label_columns_are_class_ids_numbered_alike_in_every_source(tmp_path):
+    from raypipe.config import LabelConfig, ModelConfig
+    from raypipe.labels.catalog import plan
+
+    _write(tmp_path / "train.jsonl", [{"prompt": f"t{i}", "colour": c, "n": i}
+                                      for i, c in enumerate(["red", "blue", None, "red"])])
+    _write(tmp_path / "test.jsonl", [{"prompt": "e0", "colour": "green", "n": 0}])
+    config = SourceConfig(train_dataset=str(tmp_path / "train.jsonl"), test_dataset=str(tmp_path / "test.jsonl"),
+                          label_columns=["colour", "n"])
+    splits, _ = load_splits(config)
+    classes = ["blue", "green", "red"]  # sorted over both sources: the test-only class has an id too
+    assert [r["columns"]["colour"] for r in splits["train"]][:2] == [2.0, 0.0]
+    assert splits["train"][2]["columns"]["colour"] != splits["train"][2]["columns"]["colour"]  # missing: NaN
+    assert splits["test"][0]["columns"] == {"colour": 1.0, "n": 0.0}
+    from raypipe.data import open_sources
+
+    sources, _ = open_sources(config)
+    planned = plan(ModelConfig("m", "m"), LabelConfig(), ["colour", "n"], False, classes=sources["train"].classes)
+    assert planned["colour"]["kind"] == "categorical" and planned["colour"]["classes"] == classes
+    assert planned["n"]["kind"] == "given" and "classes" not in planned["n"]
+
+
+def test_a_label_column_of_lists_is_refused_naming_its_type(tmp_path):
+    _write(tmp_path / "d.jsonl", [{"prompt": "a", "tags": [1, 2]}])
+    with pytest.raises(UserError, match="label column 'tags' .* must hold numbers, booleans or class names"):
+        load_splits(SourceConfig(train_dataset=str(tmp_path / "d.jsonl"), label_columns=["tags"]))

@@ -10,7 +10,7 @@ import torch
 from raypipe.probes.config import SweepConfig
 from raypipe.errors import UserError
 from raypipe.probes import metrics
-from raypipe.probes.solvers import fit_logistic, fit_ridge
+from raypipe.probes.solvers import fit_logistic, fit_multinomial, fit_ridge
 from raypipe.probes.sweep import assign_folds, fit_design, run_sweep
 from tests.synthetic import planted_features, write_planted_build
 
@@ -48,6 +48,43 @@ def test_batched_solvers_reach_sklearns_optimum_for_every_probe_and_fold(task):
             ours = fits.weights[probe, :, f].double().numpy()
             # Same optimum: predictions agree closely on every row, held out or not.
             assert np.abs(x @ ours - x @ expected).max() < 1e-2 * max(1.0, np.abs(x @ expected).max())
+
+
+def test_multinomial_solver_reaches_sklearns_optimum_for_every_probe_and_fold():
+    from sklearn.linear_model import LogisticRegression
+
+    features, labels = planted_features(300, 2, 1, 12, planted=(1, 0), seed=0, quadrants=True)
+    scale = np.exp(np.random.default_rng(5).normal(size=12)).astype(np.float32)  # unequal feature scales
+    X = torch.from_numpy(np.ascontiguousarray((features[:, :, 0] * scale).transpose(1, 0, 2)))
+    X = torch.cat([X, torch.ones(*X.shape[:2], 1)], dim=-1)  # the sweep's intercept column
+    fold = assign_folds(labels, "multiclass", 3, seed=3)
+    block_of_row, include = fit_design(fold)
+    fits = fit_multinomial(X, torch.from_numpy(labels), 4, block_of_row, include, alpha=0.5, tol=1e-6)
+    assert fits.weights.shape == (2, 13, 4, 4) and fits.train_logits.shape == (2, 300, 4, 4)
+    for probe in range(2):
+        for f in range(include.shape[0]):
+            rows = include[f][fold].numpy() > 0
+            x = X[probe].double().numpy()
+            reference = LogisticRegression(C=1 / 0.5, fit_intercept=False, max_iter=20000, tol=1e-10)
+            expected = reference.fit(x[rows], labels[rows]).predict_proba(x)
+            ours = torch.softmax(torch.from_numpy(x) @ fits.weights[probe, :, :, f].double(), dim=1).numpy()
+            assert np.abs(ours - expected).max() < 1e-2  # the same class probabilities on every row
+
+
+def test_multiclass_scores_equal_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 120)
+    p = rng.random((120, 4))
+    p[np.arange(120), y] += 0.4
+    p /= p.sum(1, keepdims=True)
+    assert metrics.score(p, y, "multiclass") == pytest.approx(roc_auc_score(y, p, multi_class="ovr"))
+    assert metrics.report(p, y, "multiclass")["accuracy"] == pytest.approx(np.mean(p.argmax(1) == y))
+    significant = metrics.significance(p, y, "multiclass", resamples=300)
+    assert significant["p_value"] < 0.01 and significant["ci95"][0] < significant["value"] < significant["ci95"][1]
+    noise = metrics.significance(rng.random((120, 4)), y, "multiclass", resamples=300)
+    assert noise["p_value"] > 0.01
 
 
 def test_scores_equal_sklearn_and_scipy():
@@ -96,6 +133,25 @@ def test_sweep_finds_the_planted_cell_and_writes_the_seed_outputs(tmp_path):
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_multiclass_sweep_finds_the_planted_cell_with_class_names(tmp_path):
+    names = ["blue", "green", "orange", "red"]
+    write_planted_build(tmp_path / "data", classes=names, hidden=8)
+    performance = run_sweep(SweepConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
+                                        resamples=100, n_folds=3))
+    assert performance["task_type"] == "multiclass" and performance["metric"] == "roc_auc_macro"
+    assert performance["classes"] == names and performance["best"]["classes"] == names
+    assert (performance["best"]["layer"], performance["best"]["position"]) == (2, -1)
+    grids = performance["layer_performance"]
+    test, accuracy = np.array(grids["test"]), np.array(grids["test_accuracy"])
+    assert test[1, 2] > 0.9 and accuracy[1, 2] > 0.7  # chance: 0.5 and 0.25
+    assert np.all(np.abs(np.delete(test.ravel(), 6) - 0.5) < 0.15) and np.delete(accuracy.ravel(), 6).max() < 0.45
+    assert performance["best"]["test_accuracy"] == pytest.approx(accuracy[1, 2])
+    assert performance["baselines"]["prior"]["test"] == pytest.approx(0.5)
+    best = json.loads((tmp_path / "out" / "best_probe_predictions.json").read_text())
+    assert np.array(best["test"]["predictions"]).shape == (120, 4)
+    assert np.allclose(np.array(best["cv"]["predictions"]).sum(1), 1.0)
+
+
 def test_sweep_cv_scores_equal_a_sklearn_loop_over_the_same_folds(tmp_path):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -131,7 +187,7 @@ def test_regression_sweep_uses_ridge_and_spearman(tmp_path):
     (dict(label="constant"), "single class"),
     (dict(layers="7"), "layer 7 is out of range: this build stored hidden-state layers 0, 1, 2, 3"),
     (dict(positions="-5"), "position -5 is out of range: this build stored positions -2, -1"),
-    (dict(task_type="classification", label="planted", data_dir="REGRESSION"), "needs a 0/1 label"),
+    (dict(task_type="classification", label="planted", data_dir="REGRESSION"), "needs class labels"),
 ])
 def test_bad_probe_inputs_name_the_problem(tmp_path, change, message):
     write_planted_build(tmp_path / "data", extra_labels={"constant": 1})

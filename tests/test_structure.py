@@ -10,7 +10,7 @@ import raypipe
 
 PACKAGE = Path(raypipe.__file__).parent
 # The command-line layer: the typer app and the `python -m` entry points over it. Nothing else may import them.
-COMMAND_LINE = {"raypipe.cli", "raypipe.build", "raypipe.train"}
+COMMAND_LINE = {"raypipe.cli", "raypipe.build", "raypipe.train", "raypipe.cli_finetune"}
 
 
 def _modules() -> dict[str, Path]:

@@ -39,6 +39,7 @@ DEFINITIONS = {
 }
 KINDS = {"loop": "binary", "correct": "binary", "semantic_entropy_high": "binary", "mean_logprob": "baseline",
          "mean_token_entropy": "baseline"}
+GIVEN_KINDS = ("given", "categorical")  # labels from the source's columns (numbers / class ids)
 ROLLOUT_BASELINES = ("mean_logprob", "mean_token_entropy")  # computed by the rollout stage from vLLM's logprobs
 
 
@@ -51,13 +52,22 @@ def semantic_method(config, has_answers: bool) -> str | None:
     return config.semantic_method
 
 
+def given_label(column: str, classes: list[str] | None = None) -> dict:
+    """A source column's label definition; a categorical one is stored as class ids and names its classes."""
+    if classes is None:
+        return {"kind": "given", "definition": f"the source's column {column!r}, as given", "counts": {}}
+    return {"kind": "categorical", "definition": f"the source's column {column!r} as a class id: the index of its "
+            "value in `classes`", "classes": list(classes), "counts": {}}
+
+
 def plan(model, config, columns: Sequence[str], has_answers: bool, answer_match: str = "math",
-         rollouts: bool = True) -> dict[str, dict]:
+         rollouts: bool = True, classes: dict[str, list[str]] | None = None) -> dict[str, dict]:
     """The labels a build will have, with their definitions, as the manifest records them. `answer_match` is the
-    resolved --answer-match (math or exact). Without rollouts (--backend none) only the given columns are labels."""
+    resolved --answer-match (math or exact); `classes`: the categorical columns' class names. Without rollouts
+    (--backend none) only the given columns are labels."""
+    classes = classes or {}
     if not rollouts:
-        return {column: {"kind": "given", "definition": f"the source's column {column!r}, as given", "counts": {}}
-                for column in columns}
+        return {column: given_label(column, classes.get(column)) for column in columns}
     names = ["loop"]
     if model.num_samples >= 2:
         names += ["loop_fraction", "max_tokens_fraction"]
@@ -84,18 +94,18 @@ def plan(model, config, columns: Sequence[str], has_answers: bool, answer_match:
             "chosen_by": "--se-threshold" if given else "best split of the train split's semantic_entropy, chosen "
                                                         "once every shard is complete"})
     for column in columns:  # a source column wins over a computed label of the same name
-        labels[column] = {"kind": "given", "definition": f"the source's column {column!r}, as given", "counts": {}}
+        labels[column] = given_label(column, classes.get(column))
     return labels
 
 
 def absent_without_rollouts(model, config, columns: Sequence[str], has_answers: bool) -> dict[str, str]:
     """The rollout labels a build without rollouts does not have, each with the reason (the manifest says so)."""
     planned = plan(model, config, columns, has_answers)
-    return {name: "no rollouts (--backend none)" for name, d in planned.items() if d["kind"] != "given"}
+    return {name: "no rollouts (--backend none)" for name, d in planned.items() if d["kind"] not in GIVEN_KINDS}
 
 
 def uses_rollouts(planned: dict[str, dict]) -> bool:
-    return any(definition["kind"] != "given" for definition in planned.values())
+    return any(definition["kind"] not in GIVEN_KINDS for definition in planned.values())
 
 
 def stored(planned: dict[str, dict]) -> list[str]:
@@ -153,7 +163,7 @@ def label_shard(shard: dict[str, Any], planned: dict[str, dict], *, loop_n: int,
     }
     labels: dict[str, list] = {}
     for name in stored(planned):
-        if planned[name]["kind"] == "given":
+        if planned[name]["kind"] in GIVEN_KINDS:
             labels[name] = [columns[name] for columns in shard["columns"]]
         elif name in ROLLOUT_BASELINES:
             labels[name] = list(shard[name])
@@ -162,13 +172,18 @@ def label_shard(shard: dict[str, Any], planned: dict[str, dict], *, loop_n: int,
     return labels
 
 
+MAX_COUNTED_CLASSES = 32
+
+
 def counts(labels: dict[str, Sequence[float]]) -> dict[str, dict[str, int]]:
-    """Rows per class of every label whose present values are all 0/1 (NaN marks a row without a value)."""
+    """Rows per class of every label whose present values are all 0/1 or class ids (whole numbers, at most
+    MAX_COUNTED_CLASSES of them); NaN marks a row without a value."""
     result: dict[str, dict[str, int]] = {}
     for name, values in labels.items():
         present = [v for v in np.asarray(values, dtype=np.float64).tolist() if v == v]
-        if present and all(v in (0.0, 1.0) for v in present):
-            result[name] = dict(sorted(Counter(str(int(v)) for v in present).items()))
+        if present and all(v.is_integer() and v >= 0 for v in present) and \
+                len(set(present)) <= MAX_COUNTED_CLASSES:
+            result[name] = dict(sorted(Counter(str(int(v)) for v in present).items(), key=lambda kv: int(kv[0])))
     return result
 
 

@@ -16,20 +16,32 @@ def _length_model(task: TaskType):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression() if task == "classification" else LinearRegression())
+    return make_pipeline(StandardScaler(), LinearRegression() if task == "regression" else LogisticRegression())
 
 
-def _predict(model, lengths: np.ndarray, task: TaskType) -> np.ndarray:
+def _predict(model, lengths: np.ndarray, task: TaskType, n_classes: int) -> np.ndarray:
     x = lengths[:, None]
-    return model.predict_proba(x)[:, 1] if task == "classification" else model.predict(x)
+    if task == "regression":
+        return model.predict(x)
+    if task == "classification":
+        return model.predict_proba(x)[:, 1]
+    probabilities = np.zeros((len(x), n_classes))  # [n, C]; a class the fit never saw keeps probability 0
+    probabilities[:, model.classes_.astype(int)] = model.predict_proba(x)
+    return probabilities
 
 
-def fit_predict_baseline(name: str, train_x, train_y, eval_x, task: TaskType) -> np.ndarray:
-    if name == "prior":
-        return np.full(len(eval_x), float(np.mean(train_y)))
-    if len(np.unique(train_y)) < 2:  # a fold with one class: the length probe degenerates to the prior
-        return np.full(len(eval_x), float(np.mean(train_y)))
-    return _predict(_length_model(task).fit(train_x[:, None], train_y), eval_x, task)
+def _prior(train_y, n_rows: int, task: TaskType, n_classes: int) -> np.ndarray:
+    if task != "multiclass":
+        return np.full(n_rows, float(np.mean(train_y)))
+    frequencies = np.bincount(train_y.astype(int), minlength=n_classes) / len(train_y)
+    return np.tile(frequencies, (n_rows, 1))
+
+
+def fit_predict_baseline(name: str, train_x, train_y, eval_x, task: TaskType, n_classes: int = 2) -> np.ndarray:
+    """Predictions of a baseline on eval_x: values, 0/1 probabilities, or [n, C] class probabilities."""
+    if name == "prior" or len(np.unique(train_y)) < 2:  # one class: the length probe degenerates to the prior
+        return _prior(train_y, len(eval_x), task, n_classes)
+    return _predict(_length_model(task).fit(train_x[:, None], train_y), eval_x, task, n_classes)
 
 
 def evaluate_baselines(train_lengths: np.ndarray, train_y: np.ndarray, test_lengths: np.ndarray | None,
@@ -37,19 +49,24 @@ def evaluate_baselines(train_lengths: np.ndarray, train_y: np.ndarray, test_leng
                        resamples: int = 1000, seed: int = 0) -> dict:
     """CV score (mean over folds), train score and test score with significance, for each baseline."""
     results = {}
+    n_classes = int(train_y.max()) + 1 if task == "multiclass" else 2
+
+    def fit_predict(name, x, y, eval_x):
+        return fit_predict_baseline(name, x, y, eval_x, task, n_classes)
+
     for name in ("prior", "prompt_length"):
         entry: dict = {"description": {
             "prior": "constant prediction: the train rows' mean label (class prior for classification)",
             "prompt_length": "a probe on the prompt's token count alone (standardized, with intercept)",
         }[name]}
         if block_of_row is not None:
-            folds = [score(fit_predict_baseline(name, train_lengths[block_of_row != k], train_y[block_of_row != k],
-                                        train_lengths[block_of_row == k], task), train_y[block_of_row == k], task)
+            folds = [score(fit_predict(name, train_lengths[block_of_row != k], train_y[block_of_row != k],
+                                       train_lengths[block_of_row == k]), train_y[block_of_row == k], task)
                      for k in range(int(block_of_row.max()) + 1)]
             entry["cv"] = float(np.mean(folds))
-        entry["train"] = score(fit_predict_baseline(name, train_lengths, train_y, train_lengths, task), train_y, task)
+        entry["train"] = score(fit_predict(name, train_lengths, train_y, train_lengths), train_y, task)
         if test_y is not None and len(test_y):
-            predictions = fit_predict_baseline(name, train_lengths, train_y, test_lengths, task)
+            predictions = fit_predict(name, train_lengths, train_y, test_lengths)
             entry["test"] = score(predictions, test_y, task)
             entry["test_significance"] = significance(predictions, test_y, task, resamples=resamples, seed=seed)
         results[name] = json_safe(entry)

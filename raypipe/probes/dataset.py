@@ -35,6 +35,7 @@ class ProbeData:
     positions: list[int]  # negative, from the prompt's end
     splits: dict[str, ProbeSplit]
     dropped: dict[str, int] = field(default_factory=dict)  # rows without a label value (NaN), per split
+    classes: list[str] | None = None  # multiclass: class names; labels are their ids 0..C-1
 
     @property
     def train(self) -> ProbeSplit:
@@ -78,18 +79,32 @@ def resolve_positions(manifest: dict, requested: list | None) -> list[int]:
     return indices
 
 
-def infer_task(values: np.ndarray, requested: str = "auto") -> TaskType:
-    """Classification when every value is 0 or 1 (or when asked for), regression otherwise."""
-    binary = bool(np.isin(values, (0.0, 1.0)).all())
-    if requested == "auto":
-        return "classification" if binary else "regression"
-    if requested == "classification" and not binary:
-        distinct = np.unique(values)
-        raise UserError(f"--task-type classification needs a 0/1 label; this one has {len(distinct)} distinct values "
-                        f"(e.g. {', '.join(f'{v:g}' for v in distinct[:4])})")
-    if requested not in ("classification", "regression"):
+def infer_task(values: np.ndarray, requested: str = "auto", categorical: bool = False) -> TaskType:
+    """Classification when every value is 0 or 1; multiclass for a categorical label with more classes, or for
+    whole-number classes when classification is asked for; regression otherwise."""
+    if requested not in ("auto", "classification", "regression"):
         raise UserError(f"--task-type must be auto, regression or classification, got {requested!r}")
-    return requested  # type: ignore[return-value]
+    binary = bool(np.isin(values, (0.0, 1.0)).all())
+    if requested == "regression" or (requested == "auto" and not binary and not categorical):
+        return "regression"
+    if binary:
+        return "classification"
+    if not bool((values == np.round(values)).all()):
+        distinct = np.unique(values)
+        raise UserError(f"--task-type classification needs class labels (whole numbers); this one has "
+                        f"{len(distinct)} distinct values (e.g. {', '.join(f'{v:g}' for v in distinct[:4])})")
+    return "multiclass"
+
+
+def class_ids(splits: dict[str, "ProbeSplit"], names: list[str] | None) -> list[str]:
+    """Renumber whole-number classes to ids 0..C-1 in place (in every split); return the class names: the
+    manifest's for a categorical label, else the values themselves."""
+    values = np.unique(np.concatenate([split.labels for split in splits.values()]))
+    for split in splits.values():
+        split.labels = np.searchsorted(values, split.labels).astype(np.float64)
+    if names is not None:
+        return [names[int(v)] for v in values]
+    return [f"{v:g}" for v in values]
 
 
 def _prompt_lengths(data_dir: str, split: str, tensors: dict) -> np.ndarray:
@@ -135,7 +150,15 @@ def load_probe_data(data_dir: str, label: str | None = None, layers: list[int] |
     if "train" not in splits or len(splits["train"].labels) == 0:
         raise UserError(f"{data_dir} has no labelled train rows for {label!r}")
 
-    task = infer_task(splits["train"].labels, task_type)
+    definition = manifest["labels"][label]
+    task = infer_task(splits["train"].labels, task_type, categorical=definition.get("kind") == "categorical")
+    class_names = None
+    if task == "multiclass":
+        class_names = class_ids(splits, definition.get("classes"))
+        missing = sorted(set(range(len(class_names))) - set(splits["train"].labels.astype(int).tolist()))
+        if missing:
+            raise UserError(f"label {label!r} has no train rows of class {', '.join(class_names[i] for i in missing)} "
+                            f"in {data_dir}: a multiclass probe needs every class in the train split")
     if task == "classification":
         classes = np.unique(splits["train"].labels)
         if len(classes) < 2:
@@ -146,4 +169,5 @@ def load_probe_data(data_dir: str, label: str | None = None, layers: list[int] |
     stored_layers = manifest["features"]["layers"]
     stored_positions = manifest["features"]["positions"]
     return ProbeData(label=label, task=task, layers=[stored_layers[i] for i in layer_idx],
-                     positions=[stored_positions[i] for i in position_idx], splits=splits, dropped=dropped)
+                     positions=[stored_positions[i] for i in position_idx], splits=splits, dropped=dropped,
+                     classes=class_names)

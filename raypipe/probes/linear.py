@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from raypipe.probes.config import TrainConfig
+from raypipe.errors import UserError
 from raypipe.fs import Location
 from raypipe.probes.metrics import TaskType, json_safe, metric_name, report, significance
+from raypipe.tracking import find_dotenv_path, wandb_run
 
 CHECKPOINT_KEYS = ("weight", "bias", "feature_mean", "feature_std")
 
@@ -64,30 +66,6 @@ def _split_validation(labels: np.ndarray, fraction: float, task: TaskType, seed:
     return train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
 
 
-def _wandb_run(config: dict, out_dir: str):
-    """(run, {mode, api_key_from}) on rank 0 when a project is given; offline (under out_dir/wandb) without a key."""
-    if not config.get("wandb_project"):
-        return None, None
-    import wandb
-    from dotenv import load_dotenv
-
-    key_source = "environment" if os.environ.get("WANDB_API_KEY") else None
-    if config.get("_dotenv"):  # the driver's ./.env (the worker runs elsewhere); the environment wins
-        load_dotenv(config["_dotenv"], override=False)
-        key_source = key_source or (".env" if os.environ.get("WANDB_API_KEY") else None)
-    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):  # the user's own switch wins
-        mode = os.environ["WANDB_MODE"]
-    location = Location(out_dir)
-    wandb_dir = location.root if location.local else None  # object stores: wandb's default folder
-    if wandb_dir:
-        os.makedirs(wandb_dir, exist_ok=True)
-    safe_config = {k: v for k, v in config.items() if not k.startswith("_")}
-    run = wandb.init(project=config["wandb_project"], dir=wandb_dir, mode=mode, config=safe_config,
-                     name=os.path.basename(out_dir.rstrip("/")) or None, reinit="finish_previous")
-    return run, {"mode": mode, "api_key_from": key_source}  # where the key came from; never the key
-
-
 def train_loop_per_worker(config: dict) -> None:
     """Runs on each Ray Train worker; rank 0 evaluates, writes the outputs and logs."""
     import ray
@@ -111,7 +89,8 @@ def train_loop_per_worker(config: dict) -> None:
     if len(val_rows):
         evaluation_sets["val"] = (scaled(x_all[val_rows]), y_all[val_rows])
     if arrays.get("test_x") is not None and len(arrays["test_x"]):
-        evaluation_sets["test"] = (scaled(torch.from_numpy(arrays["test_x"])), torch.from_numpy(arrays["test_y"]).float())
+        evaluation_sets["test"] = (scaled(torch.from_numpy(arrays["test_x"])),
+                                   torch.from_numpy(arrays["test_y"]).float())
 
     linear = torch.nn.Linear(x_all.shape[1], 1)
     model = ray.train.torch.prepare_model(linear)
@@ -129,7 +108,7 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
 
     out = Location(config["out_dir"])
-    run, wandb_info = _wandb_run(config, config["out_dir"]) if rank == 0 else (None, None)
+    run, wandb_info = wandb_run(config, config["out_dir"]) if rank == 0 else (None, None)
     metric = metric_name(task)
     select_on = "val" if "val" in evaluation_sets else ("test" if "test" in evaluation_sets else "train")
     history: list[dict] = []
@@ -240,6 +219,9 @@ def run_train(config: TrainConfig) -> dict:
     from raypipe.probes.dataset import load_probe_data
 
     data = load_probe_data(config.data_dir, config.label, [config.layer], [config.position], config.task_type)
+    if data.task == "multiclass":
+        raise UserError(f"label {data.label!r} has {len(data.classes)} classes; `raypipe train` fits one binary or "
+                        f"regression probe: use `raypipe sweep` (multinomial logistic) for a multiclass label")
     arrays = {
         "train_x": data.train.features[:, 0, 0].numpy(), "train_y": data.train.labels,
         "train_length": data.train.prompt_length,
@@ -252,15 +234,13 @@ def run_train(config: TrainConfig) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from dotenv import find_dotenv
-
     use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     # Ray Train workers run in their own folder: local paths must be absolute, and ./.env is passed by path.
     out_dir = config.out_dir if "://" in config.out_dir else os.path.abspath(config.out_dir)
     config = dataclasses.replace(config, out_dir=out_dir)
     loop_config = {**dataclasses.asdict(config), "_arrays": ray.put(arrays), "_task": data.task,
                    "_label": data.label, "_layer": data.layers[0], "_position": data.positions[0],
-                   "_dotenv": find_dotenv(usecwd=True) or None}
+                   "_dotenv": find_dotenv_path()}
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,

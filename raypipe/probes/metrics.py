@@ -1,8 +1,9 @@
 """Probe scores, batched over many probes at once, and the statistics that say whether a score means anything.
 
-Classification is scored by ROC-AUC, regression by Spearman correlation (the probe pipeline's selection metrics).
-Both reduce to ranks, so a whole [probes, rows] prediction matrix is scored in one call, and so are a thousand
-bootstrap resamples or label permutations of one probe.
+Classification is scored by ROC-AUC, regression by Spearman correlation (the probe pipeline's selection metrics),
+multiclass by macro ROC-AUC (one class against the rest, averaged; accuracy is reported beside it). All reduce to
+ranks, so a whole [probes, rows] prediction matrix (multiclass: [probes, rows, classes] probabilities) is scored in
+one call, and so are a thousand bootstrap resamples or label permutations of one probe.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from typing import Literal
 
 import numpy as np
 
-TaskType = Literal["classification", "regression"]
+TaskType = Literal["classification", "regression", "multiclass"]
 
 
 def metric_name(task: TaskType) -> str:
-    return "roc_auc" if task == "classification" else "spearman"
+    return {"classification": "roc_auc", "regression": "spearman", "multiclass": "roc_auc_macro"}[task]
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -49,7 +50,24 @@ def scores(predictions: np.ndarray, targets: np.ndarray, task: TaskType) -> np.n
     targets = np.asarray(targets, dtype=np.float64)
     if task == "classification":
         return _auc_from_ranks(_ranks(predictions), targets)
+    if task == "multiclass":  # predictions [..., n, C]
+        return _nanmean([_auc_from_ranks(_ranks(predictions[..., c]), (targets == c).astype(np.float64))
+                         for c in range(predictions.shape[-1])])
     return _pearson_rows(_ranks(predictions), _ranks(targets))
+
+
+def _nanmean(per_class: list[np.ndarray]) -> np.ndarray:
+    """Mean over the classes that occur (a class absent from the targets has no ROC-AUC), NaN when none does."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.stack(per_class), axis=0)
+
+
+def accuracies(probabilities: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Multiclass accuracy of every row of probabilities [..., n, C] against class ids [..., n]."""
+    return (np.argmax(probabilities, axis=-1) == np.asarray(targets)).mean(axis=-1)
 
 
 def score(predictions, targets, task: TaskType) -> float:
@@ -87,16 +105,24 @@ def permutation_pvalues(predictions, targets, task: TaskType, permutations: int 
     rng = np.random.default_rng(seed)
     order = np.stack([rng.permutation(len(targets)) for _ in range(permutations)])  # [B, n]
     if task == "classification":
-        n_pos = targets.sum()
-        n_neg = len(targets) - n_pos
-        if n_pos == 0 or n_neg == 0:
-            return np.full(len(predictions), np.nan)
-        null = (_ranks(predictions) @ targets[order].T - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        null = _auc_null(_ranks(predictions), targets, order)
+    elif task == "multiclass":  # the mean of each class's one-vs-rest null, over the same permutations
+        null = _nanmean([_auc_null(_ranks(predictions[..., c]), (targets == c).astype(np.float64), order)
+                         for c in range(predictions.shape[-1])])
     else:
         null = _unit_rows(_ranks(predictions)) @ _unit_rows(_ranks(targets))[order].T
     with np.errstate(invalid="ignore"):
         exceed = (null >= observed[:, None] - 1e-12).sum(axis=1)
     return np.where(np.isnan(observed), np.nan, (1 + exceed) / (1 + permutations))
+
+
+def _auc_null(ranks: np.ndarray, positives: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """ROC-AUC of ranked predictions [P, n] against every permutation `order` [B, n] of 0/1 targets: [P, B]."""
+    n_pos = positives.sum()
+    n_neg = len(positives) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return np.full((len(ranks), len(order)), np.nan)
+    return (ranks @ positives[order].T - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def permutation_pvalue(predictions, targets, task: TaskType, permutations: int = 1000, seed: int = 0) -> float:
@@ -126,7 +152,16 @@ def regression_report(predictions, targets) -> dict[str, float]:
     }
 
 
+def multiclass_report(probabilities, targets) -> dict[str, float]:
+    """Macro ROC-AUC and accuracy of class probabilities [n, C] for class ids [n]."""
+    probabilities, targets = np.asarray(probabilities, dtype=np.float64), np.asarray(targets, dtype=np.float64)
+    return {"roc_auc_macro": score(probabilities, targets, "multiclass"),
+            "accuracy": float(accuracies(probabilities, targets))}
+
+
 def report(predictions, targets, task: TaskType) -> dict[str, float]:
+    if task == "multiclass":
+        return multiclass_report(predictions, targets)
     return classification_report(predictions, targets) if task == "classification" else \
         regression_report(predictions, targets)
 

@@ -14,7 +14,8 @@ import numpy as np
 from raypipe.fs import Location
 
 
-def _figure():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (shared by every module that draws)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on cluster nodes
@@ -23,22 +24,23 @@ def _figure():
     return plt
 
 
-def _save(location: Location, name: str, figure) -> None:
+def save_figure(location: Location, name: str, figure) -> None:
+    """Render a figure to PNG bytes written atomically under `location`, and close it."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    _figure().close(figure)
+    pyplot().close(figure)
     location.write_atomic(name, buffer.getvalue())
 
 
 def score_heatmap(location: Location, name: str, cv_scores: np.ndarray, layers: list[int], positions: list,
                   metric: str, best: tuple[int, int]) -> None:
-    _save(location, name, score_heatmap_figure(cv_scores, layers, positions, metric, best))
+    save_figure(location, name, score_heatmap_figure(cv_scores, layers, positions, metric, best))
 
 
 def score_heatmap_figure(cv_scores: np.ndarray, layers: list[int], positions: list, metric: str,
                          best: tuple[int, int]):
     """cv_scores [positions, layers]; the best cell is outlined."""
-    plt = _figure()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), max(2.5, 0.5 * len(positions) + 1.5)))
     image = axis.imshow(np.ma.masked_invalid(cv_scores), aspect="auto", cmap="viridis")
     axis.set_xticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
@@ -53,14 +55,14 @@ def score_heatmap_figure(cv_scores: np.ndarray, layers: list[int], positions: li
 
 
 def roc_curves(location: Location, name: str, targets: np.ndarray, curves: dict[str, np.ndarray], title: str) -> None:
-    _save(location, name, roc_figure(targets, curves, title))
+    save_figure(location, name, roc_figure(targets, curves, title))
 
 
 def roc_figure(targets, curves: dict[str, np.ndarray], title: str):
     """One ROC curve per named prediction vector against the same 0/1 targets."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _figure()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(5, 5))
     for label, predictions in curves.items():
         fpr, tpr, _ = roc_curve(targets, predictions)
@@ -75,12 +77,12 @@ def roc_figure(targets, curves: dict[str, np.ndarray], title: str):
 
 def prediction_scatter(location: Location, name: str, targets: np.ndarray, predictions: np.ndarray,
                        title: str) -> None:
-    _save(location, name, prediction_scatter_figure(targets, predictions, title))
+    save_figure(location, name, prediction_scatter_figure(targets, predictions, title))
 
 
 def prediction_scatter_figure(targets, predictions, title: str):
     """Regression's counterpart of the ROC curve: predicted against true values."""
-    plt = _figure()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(5, 5))
     axis.scatter(targets, predictions, s=8, alpha=0.6)
     axis.set_xlabel("label")
@@ -90,12 +92,12 @@ def prediction_scatter_figure(targets, predictions, title: str):
 
 
 def loss_curves(location: Location, name: str, history: list[dict], keys: list[str]) -> None:
-    _save(location, name, loss_curves_figure(history, keys))
+    save_figure(location, name, loss_curves_figure(history, keys))
 
 
 def loss_curves_figure(history: list[dict], keys: list[str]):
     """Per-epoch curves of the given metrics.jsonl keys (missing values are skipped)."""
-    plt = _figure()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for key in keys:
         points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]

@@ -144,3 +144,53 @@ def fit_logistic(X: torch.Tensor, y: torch.Tensor, block_of_row: torch.Tensor, i
             scale = torch.where(worse, scale / 2, scale)
         weights, logits, loss = trial_weights, trial_logits, torch.minimum(trial_loss, loss)
     return Fits(weights=weights, train_logits=logits, iterations=iteration)
+
+
+def _multinomial_loss(V: torch.Tensor, Xs: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, scale: torch.Tensor,
+                      alpha: float) -> torch.Tensor:
+    """Objective per (probe, fit) [P, F] in the rescaled weights V = W * scale (see fit_multinomial)."""
+    logits = torch.einsum("pnh,phcf->pncf", Xs, V)
+    per_row = torch.logsumexp(logits, dim=2) - logits.gather(2, y.view(1, -1, 1, 1).expand(
+        logits.shape[0], -1, 1, logits.shape[3])).squeeze(2)  # [P, N, F]
+    weights = V / scale[:, :, None, None]
+    return (per_row * masks).sum(1) + 0.5 * alpha * (weights * weights).sum((1, 2))
+
+
+def fit_multinomial(X: torch.Tensor, y: torch.Tensor, n_classes: int, block_of_row: torch.Tensor,
+                    include: torch.Tensor, alpha: float, max_iter: int = 100, tol: float = 1e-4) -> Fits:
+    """Multinomial (softmax) logistic regression, sklearn's LogisticRegression(C=1/alpha) objective with
+    fit_intercept=False, for every probe and fit at once: weights [P, H, C, F], train_logits [P, N, C, F].
+
+    The objectives are separable, so one L-BFGS run on their sum finds every fit's optimum. It runs in rescaled
+    weights V = W * rms(x) (the same objective): hidden states have a few huge dimensions, and the rescaling keeps
+    L-BFGS from crawling along them. `max_iter` counts L-BFGS iterations per 20, as sklearn's solvers count
+    passes; it stops when the largest gradient entry is below tol times its value at zero.
+    """
+    P, N, H = X.shape
+    F = include.shape[0]
+    masks = _masks(include, block_of_row, X.dtype)
+    y = y.long()
+    scale = X.square().mean(dim=1).sqrt().clamp_min(1e-6)  # [P, H]: root mean square (the intercept column: 1)
+    Xs = X / scale[:, None, :]
+    V = torch.zeros(P, H, n_classes, F, dtype=X.dtype, device=X.device, requires_grad=True)
+    with torch.no_grad():
+        zero = V.detach().clone().requires_grad_(True)
+    first = torch.autograd.grad(_multinomial_loss(zero, Xs, y, masks, scale, alpha).sum(), zero)[0]
+    threshold = tol * float(first.abs().max().clamp_min(1e-12))
+    optimizer = torch.optim.LBFGS([V], lr=1, max_iter=20 * max_iter, tolerance_grad=threshold,
+                                  tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+    steps = 0
+
+    def closure():
+        nonlocal steps
+        steps += 1
+        optimizer.zero_grad()
+        loss = _multinomial_loss(V, Xs, y, masks, scale, alpha).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        weights = V / scale[:, :, None, None]
+        return Fits(weights=weights, train_logits=torch.einsum("pnh,phcf->pncf", X, weights), iterations=steps)

@@ -19,7 +19,7 @@ from raypipe.fs import Location
 from raypipe.probes import plots
 from raypipe.probes.baselines import evaluate_baselines
 from raypipe.probes.dataset import ProbeData, load_probe_data
-from raypipe.probes.metrics import json_safe, metric_name, permutation_pvalues, scores, significance
+from raypipe.probes.metrics import accuracies, json_safe, metric_name, permutation_pvalues, scores, significance
 
 
 def pick_device(requested: str) -> str:
@@ -34,19 +34,20 @@ def assign_folds(labels: np.ndarray, task: str, n_folds: int, seed: int) -> np.n
     """Fold of each train row: StratifiedKFold for classification, KFold for regression (shuffled, seeded)."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
-    if task == "classification":
+    classes = task in ("classification", "multiclass")
+    if classes:
         smallest = int(np.bincount(labels.astype(int)).min())
         if smallest < n_folds:
             from raypipe.errors import UserError
 
-            raise UserError(f"the rarer class has {smallest} train rows, fewer than --n-folds {n_folds}; "
+            raise UserError(f"the rarest class has {smallest} train rows, fewer than --n-folds {n_folds}; "
                             f"lower --n-folds or use --no-k-fold")
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     else:
         splitter = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold = np.empty(len(labels), dtype=np.int64)
-    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels.astype(int)
-                                                     if task == "classification" else labels)):
+    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels.astype(int) if classes
+                                                     else labels)):
         fold[held_out] = k
     return fold
 
@@ -73,7 +74,7 @@ def solve_all(config: SweepConfig, data: ProbeData, fold: np.ndarray | None, dev
     """Fit every (position, layer) probe; predictions as arrays [positions * layers, rows], (position, layer) order."""
     import torch
 
-    from raypipe.probes.solvers import fit_logistic, fit_ridge
+    from raypipe.probes.solvers import fit_logistic, fit_multinomial, fit_ridge
 
     train, test = data.train, data.test
     n_layers, n_positions = len(data.layers), len(data.positions)
@@ -83,8 +84,9 @@ def solve_all(config: SweepConfig, data: ProbeData, fold: np.ndarray | None, dev
         block_of_row = torch.zeros(len(train.labels), dtype=torch.long)
     block_of_row, include = block_of_row.to(device), include.to(device)
     y = torch.from_numpy(train.labels).to(device=device, dtype=torch.float32)
+    n_classes = len(data.classes) if data.task == "multiclass" else 1
     rows, hidden = len(train.labels), train.features.shape[-1] + int(config.fit_intercept)
-    chunk = _chunk_size(rows, hidden, include.shape[0], include.shape[1], config.memory_gb)
+    chunk = _chunk_size(rows, hidden, include.shape[0] * n_classes, include.shape[1], config.memory_gb)
     if device == "cpu":
         # On CPU the solvers' many thin matrix products are bound by memory traffic: one probe at a time keeps its
         # features in cache (measured: 0.36 s per probe alone against 0.52 s in chunks of 8).
@@ -100,23 +102,28 @@ def solve_all(config: SweepConfig, data: ProbeData, fold: np.ndarray | None, dev
     for start in range(0, len(cells), chunk):
         chunk_cells = cells[start:start + chunk]
         X = stacked(train.features, chunk_cells)
-        if data.task == "classification":
+        if data.task == "multiclass":  # logits [c, N, C, F]: fits on the last axis, as for the other tasks
+            fits = fit_multinomial(X, y, n_classes, block_of_row, include, alpha=config.alpha,
+                                   max_iter=config.max_iter, tol=config.tol)
+            link = lambda z: torch.softmax(z, dim=2)  # noqa: E731
+        elif data.task == "classification":
             fits = fit_logistic(X, y, block_of_row, include, alpha=config.alpha, max_iter=config.max_iter,
                                 tol=config.tol)
             link = torch.sigmoid
         else:
             fits = fit_ridge(X, y, block_of_row, include, alpha=config.alpha)
             link = lambda z: z  # noqa: E731
-        logits = fits.train_logits  # [c, N, F]
-        outputs["train"].append(link(logits[:, :, -1]).cpu())
+        logits = fits.train_logits  # [c, N, (C,) F]
+        outputs["train"].append(link(logits[..., -1:]).squeeze(-1).cpu())
         if fold is not None:  # each row's prediction by the fit that held its fold out
-            outputs["cv"].append(link(logits.gather(2, block_of_row.view(1, -1, 1).expand(len(chunk_cells), -1, 1))
-                                      .squeeze(2)).cpu())
+            index = block_of_row.view(1, -1, *([1] * (logits.dim() - 2))).expand(*logits.shape[:-1], 1)
+            outputs["cv"].append(link(logits.gather(-1, index)).squeeze(-1).cpu())
         if test is not None and len(test.labels):
-            outputs["test"].append(link(torch.bmm(stacked(test.features, chunk_cells),
-                                                  fits.weights[:, :, -1:]).squeeze(2)).cpu())
+            test_logits = torch.einsum("pnh,ph...f->pn...f", stacked(test.features, chunk_cells),
+                                       fits.weights[..., -1:])
+            outputs["test"].append(link(test_logits).squeeze(-1).cpu())
         del X, fits, logits
-    return {name: torch.cat(parts).double().numpy() for name, parts in outputs.items() if parts}
+    return {name: torch.cat(parts).double().numpy() for name, parts in outputs.items() if parts}  # [cells, N(, C)]
 
 
 def _grid(values: np.ndarray, n_positions: int, n_layers: int) -> list[list]:
@@ -169,8 +176,13 @@ def run_sweep(config: SweepConfig) -> dict:
     if fold is not None:
         best_summary["cv_lift"] = {name: _lift(cv_scores[best], b.get("cv")) for name, b in baselines.items()}
 
+    if task == "multiclass":  # accuracy beside the macro ROC-AUC, at the same cells and for the best probe
+        best_summary["classes"] = data.classes
+        best_summary["test_accuracy"] = float(accuracies(predictions["test"][best], test.labels)) if has_test \
+            else None
     performance = {
         "label": data.label, "task_type": task, "metric": metric, "alpha": config.alpha,
+        "classes": data.classes,
         "regularization": {"ridge_alpha": config.alpha} if task == "regression" else {"logistic_C": 1 / config.alpha},
         "fit_intercept": config.fit_intercept, "k_fold": config.k_fold,
         "n_folds": config.n_folds if config.k_fold else None, "seed": config.seed,
@@ -182,6 +194,7 @@ def run_sweep(config: SweepConfig) -> dict:
             "cv_std": _grid(cv_std, n_positions, n_layers),
             "test": _grid(test_scores, n_positions, n_layers),
             "test_p_value": _grid(test_pvalues, n_positions, n_layers),
+            **(_accuracy_grids(predictions, data, fold) if task == "multiclass" else {}),
         },
         "best": best_summary,
         "baselines": baselines,
@@ -218,6 +231,20 @@ def run_sweep(config: SweepConfig) -> dict:
     _sweep_plots(location, data, performance, predictions, best, baselines, cv_scores if fold is not None
                  else train_scores)
     return performance
+
+
+def _accuracy_grids(predictions: dict, data: ProbeData, fold: np.ndarray | None) -> dict[str, list]:
+    """Multiclass accuracy per cell, [position][layer], for train, CV (each row by the fit that held it out) and
+    test."""
+    n_positions, n_layers = len(data.positions), len(data.layers)
+    grids = {"train_accuracy": _grid(accuracies(predictions["train"], data.train.labels[None]), n_positions,
+                                     n_layers)}
+    if fold is not None:
+        grids["cv_accuracy"] = _grid(accuracies(predictions["cv"], data.train.labels[None]), n_positions, n_layers)
+    if "test" in predictions:
+        grids["test_accuracy"] = _grid(accuracies(predictions["test"], data.test.labels[None]), n_positions,
+                                       n_layers)
+    return grids
 
 
 def _lift(value: float, baseline: float | None) -> float | None:

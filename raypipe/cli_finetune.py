@@ -1,0 +1,191 @@
+"""The `raypipe finetune` and `raypipe experiments ...` commands, registered on the main typer app by `register`.
+
+    raypipe finetune EXP_DIR [EXP_DIR ...] [--seeds 42 123 456] [--rerun] [--address ADDR] [--gpu/--no-gpu]
+    raypipe finetune --from-template 2d_0proxy runs/np        # copy a template, then run it
+    raypipe experiments list | new TEMPLATE EXP_DIR | validate EXP_DIR... | data EXP_DIR | summary EXP_DIR...
+    raypipe experiments analyze RESULTS_DIR [--layers 0,10,-1] [--pairs 8]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import typer
+
+from raypipe.errors import UserError
+from raypipe.finetune.config import ExperimentConfig
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"raypipe: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _seeds_and_folders(exp_dirs: list[str], seeds: Optional[list[str]]) -> tuple[list[str], list[int] | None]:
+    """`--seeds 42 123 456`: click gives --seeds one value and the rest as arguments; whole numbers that are not
+    folders join the seeds (42,123 works too, as does repeating --seeds)."""
+    if not seeds:
+        return exp_dirs, None
+    values = [v for s in seeds for v in s.split(",") if v.strip()]
+    folders = []
+    for item in exp_dirs:
+        if item.strip().isdigit() and not os.path.isdir(item):
+            values.append(item)
+        else:
+            folders.append(item)
+    try:
+        return folders, [int(v) for v in values]
+    except ValueError:
+        raise UserError(f"--seeds takes whole numbers, got {' '.join(values)}") from None
+
+
+def finetune(
+    exp_dirs: list[str] = typer.Argument(None, help="Experiment folders (config.json + data_config.json)."),
+    seeds: Optional[list[str]] = typer.Option(None, "--seeds", help="Seeds to run: --seeds 42 123 456 (default: "
+                                              f"the config's seed, {ExperimentConfig.seed})."),
+    from_template: Optional[str] = typer.Option(None, "--from-template", help="Copy this template into the (new) "
+                                                "experiment folder first; see `raypipe experiments list`."),
+    rerun: bool = typer.Option(False, "--rerun", help="Start complete or interrupted seeds afresh (new results "
+                                                      "folder) instead of skipping / resuming them."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, "
+                                                                  "else a local Ray)."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="Train on GPUs (default: config's use_gpu, "
+                                                                    "else when the cluster has one)."),
+) -> None:
+    """Finetune every (experiment, seed) on Ray Train, concurrently on Ray Tune; complete seeds are skipped and
+    interrupted ones resume. Writes EXP/seed_<s>/results/<time>/ and EXP/summary.json + summary.png."""
+    from raypipe.experiments import new_experiment, run_experiments, summary_line
+
+    try:
+        folders, seed_list = _seeds_and_folders(list(exp_dirs or []), seeds)
+        if from_template:
+            if len(folders) != 1:
+                raise UserError("--from-template needs exactly one (new) experiment folder")
+            if not os.path.isfile(os.path.join(folders[0], "config.json")):
+                new_experiment(from_template, folders[0])
+                typer.echo(f"raypipe: copied template {from_template} into {folders[0]}")
+        if not folders:
+            raise UserError("give at least one experiment folder (see `raypipe experiments list` for templates)")
+        summaries = run_experiments(folders, seed_list, rerun=rerun, address=address, use_gpu=gpu)
+    except UserError as exc:
+        _fail(str(exc))
+    except RuntimeError as exc:  # some seeds failed; the others finished and are summarized
+        typer.echo(f"raypipe: {exc}", err=True)
+        raise typer.Exit(1)
+    for folder, summary in summaries.items():
+        typer.echo(summary_line(folder, summary))
+
+
+experiments_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                              help="Experiment templates, datasets, summaries and analysis of finetunes.")
+
+
+@experiments_app.command("list")
+def list_command(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The shipped experiment templates and the prompt-template presets."""
+    from raypipe.experiments import list_templates
+    from raypipe.tasks.templates import list_template_presets
+
+    templates, presets = list_templates(), list_template_presets()
+    if as_json:
+        typer.echo(json.dumps({"experiments": templates, "prompt_templates": presets}, indent=2))
+        return
+    typer.echo("experiment templates (raypipe experiments new NAME EXP_DIR):")
+    for name, description in templates.items():
+        typer.echo(f"  {name:28s} {description}")
+    typer.echo("prompt_templates presets (data_config.json):")
+    for name, description in presets.items():
+        typer.echo(f"  {name:28s} {description}")
+
+
+@experiments_app.command("new")
+def new_command(template: str = typer.Argument(...), exp_dir: str = typer.Argument(...)) -> None:
+    """Start an experiment folder from a template."""
+    from raypipe.experiments import new_experiment
+
+    try:
+        typer.echo(f"raypipe: wrote {new_experiment(template, exp_dir)} (edit its config.json / data_config.json)")
+    except UserError as exc:
+        _fail(str(exc))
+
+
+@experiments_app.command("validate")
+def validate_command(exp_dirs: list[str] = typer.Argument(...)) -> None:
+    """Check experiment folders' config.json and data_config.json; print their splits' sizes."""
+    from raypipe.experiments import describe_experiment
+
+    try:
+        for folder in exp_dirs:
+            info = describe_experiment(folder)
+            rows = ", ".join(f"{k} {v}" for k, v in info["rows"].items())
+            typer.echo(f"{folder}: ok; {rows}; labels {'/'.join(info['label_words'])}; model {info['model']}")
+    except UserError as exc:
+        _fail(str(exc))
+
+
+@experiments_app.command("data")
+def data_command(exp_dir: str = typer.Argument(...),
+                 seed: Optional[int] = typer.Option(None, "--seed", help="Default: the config's seed."),
+                 out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Default: EXP_DIR/generated_data.")
+                 ) -> None:
+    """Write an experiment's datasets as JSONL (the seed's generate_all_2d_datasets.py)."""
+    from raypipe.finetune.run import load_experiment
+    from raypipe.tasks.trigger import write_datasets
+
+    try:
+        config, spec = load_experiment(exp_dir)
+        paths = write_datasets(spec, config.seed if seed is None else seed,
+                               out_dir or os.path.join(exp_dir, "generated_data"),
+                               is_categorical=config.is_categorical, output_preamble=config.output_preamble)
+    except UserError as exc:
+        _fail(str(exc))
+    for name, path in paths.items():
+        typer.echo(f"{name}: {path}")
+
+
+@experiments_app.command("summary")
+def summary_command(exp_dirs: list[str] = typer.Argument(...)) -> None:
+    """(Re)write summary.json and summary.png over each experiment's complete seeds."""
+    from raypipe.experiments import summarize, summary_line
+
+    for folder in exp_dirs:
+        if not os.path.isdir(folder):
+            _fail(f"{folder}: no such experiment folder")
+        typer.echo(summary_line(folder, summarize(folder)))
+
+
+@experiments_app.command("analyze")
+def analyze_command(
+    results_dir: str = typer.Argument(..., help="A finetune's results/<time>/ folder (or its seed folder)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Decoder layers to patch, e.g. '0,10,-1' "
+                                                                "(default: all)."),
+    pairs: int = typer.Option(8, "--pairs", help="Trigger prompts (test rows) patched into their twins."),
+    positions: int = typer.Option(16, "--positions", help="Final positions patched (aligned from the end)."),
+) -> None:
+    """Activation patching (trigger prompt -> no-trigger twin) and trigger ablation on a finished finetune:
+    writes RESULTS/analysis/patching.json + patching_heatmap.png + ablation.json."""
+    from raypipe.analysis import analyze_run
+
+    try:
+        layer_list = [int(v) for v in layers.split(",")] if layers else None
+    except ValueError:
+        _fail(f"--layers takes comma-separated integers, got {layers!r}")
+    try:
+        out = analyze_run(results_dir, layers=layer_list, n_pairs=pairs, n_positions=positions)
+    except UserError as exc:
+        _fail(str(exc))
+    typer.echo(f"raypipe: wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `finetune` and the `experiments` group to the main app."""
+    app.command("finetune")(finetune)
+    app.add_typer(experiments_app, name="experiments")
+
+
+if __name__ == "__main__":  # `python -m raypipe.cli_finetune finetune ...`: these commands alone
+    _app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+    register(_app)
+    _app()

@@ -1,0 +1,263 @@
+"""The finetune room without a model or Ray: config.json errors, label-word scoring on toy logits, the cached
+scoring path against the reference on a tiny random Llama, the answer-only loss, label parsing, seed folders,
+summaries over seeds, trial packing, the null tracker and the command-line plumbing."""
+
+import json
+import math
+
+import pytest
+
+from raypipe.errors import UserError
+from raypipe.finetune.config import ExperimentConfig, FinetuneConfig, load_config
+
+
+# --- config.json -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data, message", [
+    ({"seeed": 1}, "config.json: unknown field(s) seeed; known:"),
+    ({"accuracy_method": "vibes"}, "config.json: accuracy_method: \"logits\" or \"generation\""),
+    ({"n_evals": 0}, "config.json: n_evals: a whole number >= 1, got 0"),
+    ({"dataset_format": "csv"}, "config.json: dataset_format: only \"jsonl\""),
+    ({"max_dataset_size": -3}, "config.json: max_dataset_size: a whole number >= 1"),
+    ({"is_categorical": "yes"}, "config.json: is_categorical: true or false"),
+    ({"finetune_config": {"epochs": 0}}, "config.json: finetune_config.epochs: a whole number >= 1, got 0"),
+    ({"finetune_config": {"lr": 1}}, "config.json: finetune_config: unknown field(s) lr"),
+    ({"finetune_config": {"learning_rate": -1}}, "finetune_config.learning_rate: must be positive"),
+    ({"finetune_config": {"lora_dropout": 1.5}}, "finetune_config.lora_dropout: must be in [0, 1)"),
+    ({"finetune_config": {"target_modules": []}}, "finetune_config.target_modules: a list of module names"),
+    ({"finetune_config": {"save_checkpoints_to_hub": True}}, "finetune_config.hub_model_id: save_checkpoints_to_hub"),
+    ({"finetune_config": {"dtype": "int8"}}, "finetune_config.dtype: auto, float32"),
+])
+def test_config_errors_name_the_field(data, message):
+    with pytest.raises(UserError) as error:
+        ExperimentConfig.from_dict(data)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_config_defaults_comments_and_model_choice(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"_description": "x", "seed": 3,
+                                                      "finetune_config": {"_note": "y", "gpu_model": "org/big"}}))
+    config = load_config(str(tmp_path))
+    assert config.seed == 3 and config.finetune_config.is_peft and config.accuracy_method == "logits"
+    assert config.finetune_config.model_for(False) == "embedded:SmolLM2-135M-Instruct"
+    assert config.finetune_config.model_for(True) == "org/big"
+    assert FinetuneConfig(model="org/m").model_for(True) == "org/m"
+    assert ExperimentConfig.from_dict(config.to_dict()) == config  # seed folders write to_dict()
+    with pytest.raises(UserError, match="no such file"):
+        load_config(str(tmp_path / "missing"))
+
+
+# --- scoring -------------------------------------------------------------------------------------------------------
+
+def test_label_word_scoring_on_toy_logits():
+    import torch
+
+    from raypipe.finetune.accuracy import pick, sequence_logprobs
+
+    vocab = 5
+    # Two sequences [prompt 0, 1 | answer 2, 3] and [0, 1 | 4]; logits at t predict token t+1.
+    logits = torch.full((2, 4, vocab), -10.0)
+    logits[0, 1, 2], logits[0, 2, 3] = 0.0, 0.0  # p(2 | ..) ~ 1, p(3 | ..) ~ 1
+    logits[1, 1, 4] = math.log(0.5)  # still the largest entry
+    ids = torch.tensor([[0, 1, 2, 3], [0, 1, 4, 0]])
+    mask = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 0]])
+    scores = sequence_logprobs(logits, ids, mask)
+    expected_first = torch.log_softmax(logits[0, 1], -1)[2] + torch.log_softmax(logits[0, 2], -1)[3]
+    assert torch.allclose(scores[0], expected_first)
+    assert torch.allclose(scores[1], torch.log_softmax(logits[1, 1], -1)[4])
+    # Several-token labels sum their log-probabilities; the best candidate per row wins, the first on ties.
+    assert pick(torch.tensor([[-3.0, -1.0, -2.0], [-1.0, -1.0, -5.0]])) == [1, 0]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_cached_scoring_equals_one_forward_per_candidate(tiny_llama):
+    import torch
+
+    from raypipe.finetune.accuracy import candidate_scores
+
+    prompts = [[1, 5, 9, 3], [2, 7], [4, 4, 4, 4, 4, 8]]  # different lengths: left padding in the cached path
+    candidates = [[10, 11, 20, 63], [10, 11, 21, 22, 63], [10, 11, 23, 63]]  # shared prefix, uneven tails
+    fast = candidate_scores(tiny_llama, prompts, candidates, pad_id=0, batch_size=2, fast=True)
+    slow = candidate_scores(tiny_llama, prompts, candidates, pad_id=0, fast=False)
+    assert fast.shape == (3, 3)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
+    single = candidate_scores(tiny_llama, prompts, [[30, 63], [31, 63]], pad_id=0, fast=True)  # no shared prefix
+    torch.testing.assert_close(single, candidate_scores(tiny_llama, prompts, [[30, 63], [31, 63]], 0, fast=False),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_answer_loss_uses_only_answer_tokens_and_matches_full_logits(tiny_llama):
+    import torch
+
+    from raypipe.finetune.data import answer_loss, collate
+
+    examples = [{"input_ids": [1, 2, 3, 4, 5, 6], "labels": [-100, -100, -100, 4, 5, 6]},
+                {"input_ids": [7, 8, 9, 10], "labels": [-100, -100, 9, 10]}]
+    batch = collate(examples, pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6], [0, 0, 7, 8, 9, 10]]
+    assert batch["position_ids"][1].tolist() == [0, 0, 0, 1, 2, 3] and batch["keep"] == 4
+    loss = answer_loss(tiny_llama, batch)
+    with torch.no_grad():  # the reference: every row alone, unpadded, full logits
+        total, count = 0.0, 0
+        for e in examples:
+            logits = tiny_llama(input_ids=torch.tensor([e["input_ids"]])).logits[0, :-1]
+            labels = torch.tensor(e["labels"][1:])
+            total += torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+            count += int((labels != -100).sum())
+    torch.testing.assert_close(loss, total / count, atol=1e-4, rtol=1e-4)
+
+
+def test_parse_label_from_generated_text():
+    from raypipe.finetune.accuracy import accuracy, parse_label
+
+    words = ["red", "green", "reddish"]
+    assert parse_label("F(x,T) = green", words, "F(x,T) =") == "green"
+    assert parse_label(" F(x,T) = Reddish.", words, "F(x,T) =") == "reddish"
+    assert parse_label("I think it is red, not green", words, "F(x,T) =") == "red"
+    assert parse_label("blue", words, None) is None
+    assert accuracy([{"label": "red"}, {"label": "green"}], ["red", None]) == 0.5
+    assert accuracy([], []) is None
+
+
+# --- seed folders, summaries, trials ---------------------------------------------------------------------------------
+
+def write_experiment(folder, config=None, spec=None):
+    from tests.test_tasks import SPEC
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config or {"seed": 5, "finetune_config": {
+        "hub_model_id": "me/model"}}))
+    (folder / "data_config.json").write_text(json.dumps(spec or SPEC))
+    return folder
+
+
+def test_seed_folders_are_made_once_with_their_seed(tmp_path):
+    from raypipe.finetune.run import prepare_seed_dir, train_rows
+    from raypipe.tasks.trigger import generate_rows
+
+    exp = write_experiment(tmp_path / "exp")
+    folder = prepare_seed_dir(str(exp), 11)
+    assert folder == str(exp / "seed_11")
+    seeded = json.loads((exp / "seed_11" / "config.json").read_text())
+    assert seeded["seed"] == 11 and seeded["finetune_config"]["hub_model_id"] == "me/model-seed11"
+    assert prepare_seed_dir(str(exp)) == str(exp / "seed_5")  # the config's seed
+    assert prepare_seed_dir(folder, 11) == folder  # a seed folder runs in place
+    (exp / "seed_11" / "config.json").write_text(json.dumps({**seeded, "n_evals": 3}))
+    prepare_seed_dir(str(exp), 11)
+    assert json.loads((exp / "seed_11" / "config.json").read_text())["n_evals"] == 3  # kept: resumes use it
+    prepare_seed_dir(str(exp), 11, refresh=True)
+    assert json.loads((exp / "seed_11" / "config.json").read_text())["n_evals"] == 1
+    config = ExperimentConfig(seed=1, max_dataset_size=50)
+    rows = train_rows(config, generate_rows(exp, 1))
+    assert len(rows) == 50 and {r["split"] for r in rows} == {"train_objects", "proxy_animals"}
+    assert rows == train_rows(config, generate_rows(exp, 1))
+
+
+def test_summary_over_complete_seeds(tmp_path):
+    from raypipe.experiments import summarize, summary_line
+
+    exp = write_experiment(tmp_path / "exp")
+    for seed, (id_acc, ood_acc) in {1: (0.5, 0.25), 2: (1.0, 0.75)}.items():
+        folder = exp / f"seed_{seed}"
+        folder.mkdir()
+        (folder / "completed.json").write_text(json.dumps({"seed": seed, "results_dir": "results/t", "accuracy": {
+            "train": 1.0, "ID": id_acc, "OOD": ood_acc}}))
+    (exp / "seed_3").mkdir()  # not complete: not in the summary
+    summary = summarize(str(exp))
+    assert summary["n_seeds"] == 2 and summary["seeds"] == [1, 2]
+    assert summary["accuracy"]["ID"]["mean"] == 0.75 and summary["accuracy"]["OOD"]["values"] == [0.25, 0.75]
+    assert summary["accuracy"]["OOD"]["std"] == pytest.approx(0.3535533, abs=1e-6)
+    assert json.loads((exp / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert (exp / "summary.png").read_bytes()[:4] == b"\x89PNG"
+    assert "2 seed(s) complete" in summary_line("exp", summary) and "ID 0.750 ± 0.354" in summary_line("e", summary)
+
+
+def test_trials_are_packed_by_node_resources(monkeypatch):
+    import ray
+
+    from raypipe.experiments import concurrent_trials
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 1.0}}, {"Alive": True, "Resources": {"CPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 8.0}}, {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 2.0}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    assert concurrent_trials(1, 1, False) == 6
+    assert concurrent_trials(2, 1, False) == 3
+    assert concurrent_trials(1, 2, False) == 2
+    assert concurrent_trials(1, 1, True) == 2
+    assert concurrent_trials(1, 8, False) == 1  # never zero: the trial waits for room
+
+
+def test_null_tracker_without_a_project(tmp_path):
+    from raypipe.tracking import NullRun, tracker, wandb_run
+
+    assert wandb_run({}, str(tmp_path)) == (None, None)
+    run, info = tracker({"wandb_project": None}, str(tmp_path))
+    assert isinstance(run, NullRun) and info == {"mode": "off", "api_key_from": None}
+    run.log({"a": 1}, step=1)
+    run.summary.update({"b": 2})
+    run.finish()
+    assert not any(tmp_path.iterdir())
+
+
+# --- command line ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def cli():
+    import typer
+    from typer.testing import CliRunner
+
+    from raypipe.cli_finetune import register
+
+    app = typer.Typer()
+    register(app)
+    return lambda *args: CliRunner().invoke(app, list(args))
+
+
+def test_seeds_option_takes_several_values(tmp_path):
+    from raypipe.cli_finetune import _seeds_and_folders
+
+    (tmp_path / "7").mkdir()
+    assert _seeds_and_folders(["exp", "123", "456"], ["42"]) == (["exp"], [42, 123, 456])
+    assert _seeds_and_folders(["exp"], ["1,2", "3"]) == (["exp"], [1, 2, 3])
+    assert _seeds_and_folders(["exp", str(tmp_path / "7")], None) == (["exp", str(tmp_path / "7")], None)
+    with pytest.raises(UserError, match="--seeds takes whole numbers"):
+        _seeds_and_folders(["exp"], ["x"])
+
+
+def test_experiments_commands(cli, tmp_path):
+    listed = cli("experiments", "list")
+    assert listed.exit_code == 0 and "2d_0proxy" in listed.output and "plain" in listed.output
+    created = cli("experiments", "new", "2d_0proxy", str(tmp_path / "mine"))
+    assert created.exit_code == 0 and (tmp_path / "mine" / "data_config.json").is_file()
+    again = cli("experiments", "new", "2d_0proxy", str(tmp_path / "mine"))
+    assert again.exit_code == 2 and "raypipe: error: " in again.output and "already holds" in again.output
+    unknown = cli("experiments", "new", "nope", str(tmp_path / "other"))
+    assert unknown.exit_code == 2 and "unknown experiment template 'nope'" in unknown.output
+    valid = cli("experiments", "validate", str(tmp_path / "mine"))
+    assert valid.exit_code == 0 and "ok;" in valid.output and "test_objects_OOD" in valid.output
+    spec = json.loads((tmp_path / "mine" / "data_config.json").read_text())
+    spec["objects"]["x_ranges"] = [5, 1]
+    (tmp_path / "mine" / "data_config.json").write_text(json.dumps(spec))
+    broken = cli("experiments", "validate", str(tmp_path / "mine"))
+    assert broken.exit_code == 2
+    assert broken.output.strip() == "raypipe: error: data_config.json: objects.x_ranges: min 5 > max 1"
+    # finetune checks every folder before any Ray work (the unit-tier guard fails the test if Ray starts)
+    failed = cli("finetune", str(tmp_path / "mine"), "--seeds", "1", "2")
+    assert failed.exit_code == 2 and "objects.x_ranges: min 5 > max 1" in failed.output
+    missing = cli("finetune", str(tmp_path / "nothing"))
+    assert missing.exit_code == 2 and "no such experiment folder" in missing.output
+    from raypipe.experiments import templates_dir
+
+    data = cli("experiments", "data", str(templates_dir() / "2d_1proxy_ntr1_actions"), "--out-dir",
+               str(tmp_path / "data"))
+    assert data.exit_code == 0 and (tmp_path / "data" / "proxy_actions.jsonl").is_file()
