@@ -297,7 +297,8 @@ LABEL = typer.Option(None, "--label", help="Label to predict (default: loop, els
 TASK_TYPE = typer.Option(
     default(TrainConfig, "task_type"),
     "--task-type",
-    help="auto (0/1 label: classification), regression, classification.",
+    help="auto (0/1 label: classification; a categorical label: multiclass), regression, classification "
+         "(whole-number classes; more than two: multinomial, sweep only).",
 )
 SEED = typer.Option(default(TrainConfig, "seed"), "--seed")
 RESAMPLES = typer.Option(
@@ -366,7 +367,9 @@ def sweep(
     typer.echo(
         f"{performance['label']} ({performance['task_type']}): best layer {best['layer']}, position "
         f"{best['position']}: {best['selected_by']} {metric} {_fmt(best[best['selected_by'] + '_score'])}, "
-        f"test {_fmt(best['test_score'])}; prompt-length baseline test "
+        f"test {_fmt(best['test_score'])}"
+        f"{'' if best.get('test_accuracy') is None else ' (accuracy ' + _fmt(best['test_accuracy']) + ')'}; "
+        f"prompt-length baseline test "
         f"{_fmt(performance['baselines']['prompt_length'].get('test'))}. Wrote {out_dir}/performance.json"
     )
 

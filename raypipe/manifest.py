@@ -187,6 +187,18 @@ class Manifest:
     def finish(self) -> None:
         self.data["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.write()
+        self.remove_unlisted_files()
+
+    def remove_unlisted_files(self) -> None:
+        """Shard files that no complete shard names: superseded writes of a shard (a retried or re-executed
+        task), or a failed shard's partial output. Never read; removed so that they take no space."""
+        out = Location(self.out_dir)
+        for split, split_data in self.data["splits"].items():
+            listed = {file for shard in split_data["shards"].values() if shard["status"] == "complete"
+                      for file in shard.get("files", {})}
+            for name in out.list(split):
+                if name.startswith("shard-") and name not in listed:
+                    out.delete_file(f"{split}/{name}")
 
     def write(self) -> None:
         write_manifest(self.out_dir, self.data)

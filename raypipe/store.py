@@ -1,9 +1,14 @@
 """The on-disk probe dataset: safetensors shards, parquet rollout sidecars, and the manifest that indexes them.
 
     out_dir/manifest.json
-    out_dir/train/shard-00000.safetensors          features [n, L, P, H], row_id [n], label.<name> [n]
-    out_dir/train/shard-00000.rollouts.parquet     row_id, prompt, prompt_token_ids, token_ids, text, finish_reason
+    out_dir/train/shard-00000-<write>.safetensors        features [n, L, P, H], row_id [n], label.<name> [n]
+    out_dir/train/shard-00000-<write>.rollouts.parquet   row_id, prompt, prompt_token_ids, token_ids, text, ...
     out_dir/test/...
+
+`<write>` is a random token of the write that made the files: two writes of one shard (a task Ray ran again after
+a node was lost, a worker still finishing on a node that was given up) never overwrite each other's files, so the
+files the manifest names are always the ones whose sha256 it holds. Files no complete shard names are removed when
+a build finishes.
 
 `out_dir` is a local folder or a pyarrow filesystem URI (`s3://bucket/run`, `gs://...`, `file:///...`); see fs.py.
 Every file is written under a temporary name, fsynced and renamed. A shard is complete only when the manifest, also
@@ -38,17 +43,20 @@ def write_shard(out_dir: str, split: str, index: int, tensors: dict[str, Any], r
     import pyarrow.parquet as pq
     from safetensors.torch import save
 
+    import uuid
+
     location = Location(str(out_dir))
     name = shard_name(index)
+    stem = f"{name}-{uuid.uuid4().hex[:8]}"  # this write's own files (see the module's docstring)
     rows = int(tensors["row_id"].shape[0])
     for key, tensor in tensors.items():
         if tensor.shape[0] != rows:
             raise ValueError(f"{split}/{name}: tensor {key} has {tensor.shape[0]} rows, expected {rows}")
-    tensor_file = f"{name}.safetensors"
+    tensor_file = f"{stem}.safetensors"
     tensor_sha = location.write_atomic(f"{split}/{tensor_file}",
                                        save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
 
-    sidecar_file = f"{name}.rollouts.parquet"
+    sidecar_file = f"{stem}.rollouts.parquet"
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(rollouts), sink)
     sidecar_sha = location.write_atomic(f"{split}/{sidecar_file}", sink.getvalue().to_pybytes())

@@ -50,20 +50,20 @@ def test_round_trip_concatenates_shards_in_order(out, dtype):
 
 def test_checksum_mismatch_is_refused(out, tmp_path):
     _make_dataset(out)
-    path = tmp_path / "train" / "shard-00001.safetensors"
+    path, = (tmp_path / "train").glob("shard-00001-*.safetensors")
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="shard-00001.safetensors is corrupt"):
+    with pytest.raises(UserError, match="shard-00001-[0-9a-f]{8}.safetensors is corrupt"):
         load_split(out, "train")
     path.unlink()
-    with pytest.raises(UserError, match="shard-00001.safetensors is missing"):
+    with pytest.raises(UserError, match="shard-00001-[0-9a-f]{8}.safetensors is missing"):
         load_split(out, "train")
 
 
 def test_truncated_sidecar_is_refused(tmp_path):
     _make_dataset(tmp_path)
-    path = tmp_path / "train" / "shard-00000.rollouts.parquet"
+    path, = (tmp_path / "train").glob("shard-00000-*.rollouts.parquet")
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(UserError, match="corrupt"):
         load_rollouts(tmp_path, "train")

@@ -64,11 +64,18 @@ def _job_active(address, env, job_id) -> bool:
 
 
 def _submit(address, env, out, wait: bool):
+    """`ray job submit`; a head whose job agent has not registered yet answers "No available agent ... try again
+    later" (seen on a loaded machine seconds after `ray start`): that answer alone is retried, for up to 2 minutes."""
     command = ["ray", "job", "submit", "--address", address]
     if not wait:
         command.append("--no-wait")
-    return subprocess.run([*command, "--", "python", "-m", "raypipe.build", *BUILD_ARGS, "--out-dir", out],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    deadline = time.time() + 120
+    while True:
+        result = subprocess.run([*command, "--", "python", "-m", "raypipe.build", *BUILD_ARGS, "--out-dir", out],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        if result.returncode == 0 or "No available agent" not in result.stderr or time.time() > deadline:
+            return result
+        time.sleep(3)
 
 
 def test_one_gpu_job_streams_survives_a_stop_and_resubmits_to_the_local_result(ray_head, local_build, tmp_path):
