@@ -163,8 +163,9 @@ def fit_multinomial(X: torch.Tensor, y: torch.Tensor, n_classes: int, block_of_r
 
     The objectives are separable, so one L-BFGS run on their sum finds every fit's optimum. It runs in rescaled
     weights V = W * rms(x) (the same objective): hidden states have a few huge dimensions, and the rescaling keeps
-    L-BFGS from crawling along them. `max_iter` counts L-BFGS iterations per 20, as sklearn's solvers count
-    passes; it stops when the largest gradient entry is below tol times its value at zero.
+    L-BFGS from crawling along them. It runs at most 20 * max_iter L-BFGS iterations (max_iter is the sweep's
+    Newton-step budget for the binary solver, each step worth many passes over the rows) and stops when the largest
+    gradient entry is below tol times its value at zero.
     """
     P, N, H = X.shape
     F = include.shape[0]
