@@ -328,31 +328,33 @@ def split_kind(split: str) -> str:
 SOURCE_PREFIX = "trigger:"  # raypipe build --train-dataset trigger:EXP_DIR (or trigger:path/data_config.json)
 
 
-def _source_settings(path: str) -> tuple[str, dict]:
-    """(data_config.json path, the experiment's seed / is_categorical / output_preamble) of a trigger: spec."""
+def _source_settings(path: str):
+    """(data_config.json path, the experiment's validated config or None) of a trigger: spec."""
+    from raypipe.finetune.config import load_config  # below the finetune package: no cycle
+
     if os.path.isdir(path):
-        spec_path = os.path.join(path, "data_config.json")
-        config_path = os.path.join(path, "config.json")
-        settings = {}
-        if os.path.isfile(config_path):
-            settings = read_user_json(config_path)
-        return spec_path, settings
-    return path, {}
+        has_config = os.path.isfile(os.path.join(path, "config.json"))
+        return os.path.join(path, "data_config.json"), load_config(path) if has_config else None
+    return path, None
 
 
 def probe_source_rows(spec: str, split: str, seed: int | None = None) -> list[dict]:
     """The generated rows of one split as build prompts, each followed by its no-trigger twin, with the columns a
     probe reads: label (the answer word) and quadrant (Q1..Q4) as class names, trigger (or "none"), and
     trigger_present, is_ood, is_proxy as booleans. `split`: train (every train_/proxy_ file), test (every test_
-    file) or one file's stem (test_objects_OOD). Seed: the experiment's config.json, else `seed`, else 42."""
-    spec_path, settings = _source_settings(spec[len(SOURCE_PREFIX):] if spec.startswith(SOURCE_PREFIX) else spec)
+    file) or one file's stem (test_objects_OOD). Seed, is_categorical, output_preamble: the experiment's
+    config.json, else `seed` and ExperimentConfig's defaults."""
+    from raypipe.finetune.config import ExperimentConfig
+
+    spec_path, config = _source_settings(spec[len(SOURCE_PREFIX):] if spec.startswith(SOURCE_PREFIX) else spec)
     if not os.path.isfile(spec_path):
         raise UserError(f"{spec}: no data_config.json at {spec_path}")
     task = load_spec(spec_path)
-    is_categorical = settings.get("is_categorical", True)
-    seed = settings.get("seed", 42 if seed is None else seed)
-    generated = generate_rows(task, seed, is_categorical=is_categorical,
-                              output_preamble=settings.get("output_preamble", True))
+    if config is None:
+        config = ExperimentConfig(**({} if seed is None else {"seed": seed}))
+    is_categorical = config.is_categorical
+    generated = generate_rows(task, config.seed, is_categorical=is_categorical,
+                              output_preamble=config.output_preamble)
     names = [n for n in generated if split_kind(n) == split or (split == "test" and split_kind(n) != "train")]
     if split in generated:
         names = [split]
