@@ -48,8 +48,10 @@ def test_eight_gpus_dp8_colocates_eight_engines_and_streams(cluster, tmp_path):
 def test_two_gpus_tp2_gives_one_vllm_engine_both(cluster, tmp_path, tiny_tp_model):
     cluster.add_node(num_gpus=2, num_cpus=4, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
+    # One engine and one shard in flight: the six shards land one after another, so the kill after the first lands
+    # mid-build however fast the machine (with 4 shards, 2 in flight, all 4 once landed before the kill on CI).
     args = [*SMALL, "--model-id", str(tiny_tp_model), "--tp", "2", "--dp", "1", "--builtin-size", "12",
-            "--shard-size", "3"]
+            "--shard-size", "2", "--shards-in-flight", "1"]
     kill_after_first_shard_then_resume(args, tmp_path / "out", {"RAY_ADDRESS": cluster.address,
                                                                 "VLLM_CPU_KVCACHE_SPACE": "1"},
                                        tmp_path / "first.log")
