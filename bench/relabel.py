@@ -60,7 +60,7 @@ def reason(old_correct: bool, text: str, finish: str, reference: str) -> str:
     return "now correct: other"
 
 
-def compare(build: str) -> None:
+def compare(build: str, show: int = 0) -> None:
     from raypipe.store import load_rollouts, load_split
 
     old = old_labeler()
@@ -76,7 +76,11 @@ def compare(build: str) -> None:
             counts["new correct"] += int(stored)
             counts["old correct"] += int(before)
             if bool(stored) != before:
-                changed[reason(before, text, finish, row["answer"])] += 1
+                why = reason(before, text, finish, row["answer"])
+                changed[why] += 1
+                if changed[why] <= show:  # let the reader judge: the reference and how the sample ends
+                    tail = " ".join(text[-160:].split())
+                    print(f"  [{split} row {row['row_id']}] {why}\n    reference {row['answer']!r}; ends ...{tail!r}")
     print(f"{build}: {total} rows with a reference; correct before {counts['old correct']}, now "
           f"{counts['new correct']}; {sum(changed.values())} changed")
     for why, n in changed.most_common():
@@ -88,12 +92,13 @@ def main() -> None:
     parser.add_argument("builds", nargs="*")
     parser.add_argument("--champ-source", help="write a JSONL source of CHAMP problems here and stop")
     parser.add_argument("--problems", type=int, default=96)
+    parser.add_argument("--show", type=int, default=0, help="print this many changed rows of each reason")
     args = parser.parse_args()
     if args.champ_source:
         write_champ_source(Path(args.champ_source), args.problems)
         return
     for build in args.builds:
-        compare(build)
+        compare(build, args.show)
 
 
 if __name__ == "__main__":

@@ -45,10 +45,12 @@ class SampleAndMeasure:
         if self.top_k > 0:
             top = raw.topk(min(self.top_k, raw.shape[-1]), dim=-1).values
             entropy = -(top.exp() * top).sum(-1)
+            # One device-to-host copy per step: reading each sequence's value alone would wait on the GPU once per
+            # sequence and value (hundreds of syncs a step).
             picked = raw.gather(1, chosen[:, None])[:, 0]
-            for i in range(len(self.generators)):
-                self.chosen_logprob[i].append(float(picked[i]))
-                self.entropy[i].append(float(entropy[i]))
+            for i, (logprob, value) in enumerate(torch.stack([picked, entropy], 1).tolist()):
+                self.chosen_logprob[i].append(logprob)
+                self.entropy[i].append(value)
         forced = torch.full_like(scores, -math.inf)
         return forced.scatter(1, chosen[:, None], 0.0)
 
