@@ -123,6 +123,14 @@ def bench_prefill(path: str, args, rate: float) -> None:
     print(f"  raypipe / loop_probe = {seconds['loop_probe'] / seconds['raypipe']:.2f}x   "
           f"raypipe / pipeline = {seconds['pipeline'] / seconds['raypipe']:.2f}x", flush=True)
     print(f"  peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB (two copies of the weights)", flush=True)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        stage.batch_tokens = budgets[0]
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+            raypipe()
+            torch.cuda.synchronize()
+        print(profiler.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
 
 
 def bench_rollout(path: str, args) -> None:
@@ -177,6 +185,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--skip", choices=["prefill", "rollout"], action="append", default=[])
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's kernel table of one "
+                        "raypipe prefill call")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/gpu.py: error: needs a CUDA device")
