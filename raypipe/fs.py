@@ -12,6 +12,11 @@ import os
 import uuid
 
 
+def write_token() -> str:
+    """A short random token naming one write's files, so that two writers of the same name never collide."""
+    return uuid.uuid4().hex[:8]
+
+
 class Location:
     """A folder, addressed by paths relative to it ('manifest.json', 'train/shard-00000.safetensors')."""
 
@@ -31,7 +36,7 @@ class Location:
         """Write bytes under a temporary name, then rename into place (fsynced first when local); return sha256."""
         final = self.path(relative)
         parent, name = final.rsplit("/", 1)
-        tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = f"{parent}/.{name}.tmp-{write_token()}"
         if self.local:
             os.makedirs(parent, exist_ok=True)
             with open(tmp, "wb") as f:

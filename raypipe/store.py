@@ -23,7 +23,7 @@ import json
 from typing import Any
 
 from raypipe.errors import UserError
-from raypipe.fs import Location
+from raypipe.fs import Location, write_token
 
 MANIFEST = "manifest.json"
 FORMAT = "raypipe.probe-dataset/1"
@@ -43,11 +43,9 @@ def write_shard(out_dir: str, split: str, index: int, tensors: dict[str, Any], r
     import pyarrow.parquet as pq
     from safetensors.torch import save
 
-    import uuid
-
     location = Location(str(out_dir))
     name = shard_name(index)
-    stem = f"{name}-{uuid.uuid4().hex[:8]}"  # this write's own files (see the module's docstring)
+    stem = f"{name}-{write_token()}"  # this write's own files (see the module's docstring)
     rows = int(tensors["row_id"].shape[0])
     for key, tensor in tensors.items():
         if tensor.shape[0] != rows:
