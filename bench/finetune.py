@@ -1,7 +1,7 @@
 """Finetune benchmark on the embedded SmolLM2-135M (CPU), in four parts; prints one JSON object per part.
 
     .venv/bin/python bench/finetune.py [--parts template,accuracy,throughput,seeds] [--out /tmp/raypipe-bench]
-                                       [--threads N] [--rows 64]
+                                       [--threads N] [--rows 64] [--rounds 3] [--profile]
 
 template   : the 2d_0proxy template, one seed, as shipped: wall time, final ID/OOD accuracy (chance 0.25), the first
              epoch whose snapshot reached ID accuracy >= 0.9, tokens/s of the training epochs
@@ -9,7 +9,9 @@ accuracy   : on that run's merged checkpoint and its test rows: logits (cached a
              generation: each accuracy, their agreement, and the speed-ups
 throughput : tokens/s (non-pad tokens / training seconds) of raypipe's Ray Train task against a plain
              transformers.Trainer loop, same model, LoRA, rows (--rows of the template's train set), batch size,
-             learning rate and torch threads; two epochs each, alternated, the better epoch of each counted
+             learning rate and torch threads, interleaved: --rounds rounds of (Trainer, Ray Train), two epochs each,
+             the second (warm) epoch counted; the ratio of medians and each round's ratio. --profile adds a
+             torch.profiler table of one warm step of each side (where the time goes)
 seeds      : two seeds of a one-epoch variant of the template on a ray.cluster_utils.Cluster of two 1-CPU nodes:
              both finish, their training spans overlap, and a rerun skips both
 The machine may be shared: only numbers from one run are compared.
@@ -27,8 +29,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback addr
 
 
 def copy_template(name: str, target: str, config_changes: dict | None = None,
-                  finetune_changes: dict | None = None) -> str:
-    from raypipe.experiments import templates_dir
+                  finetune_changes: dict | None = None, category_changes: dict | None = None) -> str:
+    from raypipe.finetune.experiments import templates_dir
 
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(templates_dir() / name, target)
@@ -37,6 +39,12 @@ def copy_template(name: str, target: str, config_changes: dict | None = None,
     config.update(config_changes or {})
     config["finetune_config"].update(finetune_changes or {})
     json.dump(config, open(path, "w"), indent=2)
+    path = os.path.join(target, "data_config.json")
+    spec = json.load(open(path))
+    for category, body in spec.items():
+        if not category.startswith("_"):
+            body.update(category_changes or {})
+    json.dump(spec, open(path, "w"), indent=2)
     return target
 
 
@@ -59,17 +67,14 @@ def part_template(out: str, threads: int | None) -> dict:
 
 
 def part_accuracy(results_dir: str) -> dict:
-    from raypipe.analysis import load_model
     from raypipe.finetune.accuracy import accuracy, predict
-    from raypipe.finetune.run import load_experiment
-    from raypipe.tasks.trigger import generate_rows
+    from raypipe.finetune.analysis import load_model
+    from raypipe.tasks.experiment import load_experiment
 
-    seed_dir = os.path.dirname(os.path.dirname(results_dir))
-    config, spec = load_experiment(seed_dir)
-    rows = [r for name, split in generate_rows(spec, config.seed).items() if name.startswith("test_")
-            for r in split]
+    experiment = load_experiment(os.path.dirname(os.path.dirname(results_dir)))
+    rows = [r for name, split in experiment.splits().items() if name.startswith("test_") for r in split]
     model, fmt = load_model(os.path.join(results_dir, "merged"))
-    words = spec.label_words()
+    words = experiment.label_words()
     timings, predictions = {}, {}
     for name, kwargs in (("logits_cached", {"method": "logits", "fast": True}),
                          ("logits_reference", {"method": "logits", "fast": False}),
@@ -88,11 +93,11 @@ def part_accuracy(results_dir: str) -> dict:
             "unparsed_generations": sum(p is None for p in predictions["generation"])}
 
 
-def _trainer_epoch_rates(rows: list[dict], config, threads: int, epochs: int) -> list[float]:
+def _trainer(rows: list[dict], config, threads: int, epochs: int, callbacks=()):
     """The plain loop: transformers.Trainer, right padding, full-logit loss with -100 outside the answer."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
     from raypipe.embedded import embedded_checkpoint
     from raypipe.finetune.data import ChatFormat
@@ -104,7 +109,7 @@ def _trainer_epoch_rates(rows: list[dict], config, threads: int, epochs: int) ->
     ft = config.finetune_config
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=ft.r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
-                                             target_modules=ft.target_modules, task_type="CAUSAL_LM"))
+                                             target_modules=list(ft.target_modules), task_type="CAUSAL_LM"))
     examples = [fmt.encode(r) for r in rows]
 
     def collate(batch):
@@ -118,7 +123,19 @@ def _trainer_epoch_rates(rows: list[dict], config, threads: int, epochs: int) ->
             mask[i, :len(e["input_ids"])] = 1
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    tokens = sum(len(e["input_ids"]) for e in examples)
+    args = TrainingArguments(output_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "raypipe-bench-trainer"),
+                             per_device_train_batch_size=ft.per_device_train_batch_size,
+                             learning_rate=ft.learning_rate, num_train_epochs=epochs, lr_scheduler_type="linear",
+                             max_grad_norm=ft.max_grad_norm, logging_strategy="no", save_strategy="no",
+                             report_to=[], use_cpu=True, dataloader_num_workers=0, seed=config.seed)
+    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate,
+                      callbacks=list(callbacks))
+    return trainer, sum(len(e["input_ids"]) for e in examples)
+
+
+def _trainer_epoch_rates(rows: list[dict], config, threads: int, epochs: int) -> list[float]:
+    from transformers import TrainerCallback
+
     rates: list[float] = []
 
     class Timer(TrainerCallback):
@@ -128,48 +145,108 @@ def _trainer_epoch_rates(rows: list[dict], config, threads: int, epochs: int) ->
         def on_epoch_end(self, *args, **kwargs):
             rates.append(tokens / (time.perf_counter() - self.start))
 
-    args = TrainingArguments(output_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "raypipe-bench-trainer"),
-                             per_device_train_batch_size=ft.per_device_train_batch_size,
-                             learning_rate=ft.learning_rate, num_train_epochs=epochs, lr_scheduler_type="linear",
-                             max_grad_norm=ft.max_grad_norm, logging_strategy="no", save_strategy="no",
-                             report_to=[], use_cpu=True, dataloader_num_workers=0, seed=config.seed)
-    Trainer(model=model, args=args, train_dataset=examples, data_collator=collate,
-            callbacks=[Timer()]).train()
+    trainer, tokens = _trainer(rows, config, threads, epochs, [Timer()])
+    trainer.train()
     return rates
 
 
-def part_throughput(out: str, threads: int, n_rows: int) -> dict:
+def _ray_epoch_rates(exp: str) -> list[float]:
+    from raypipe.finetune import run_finetune
+
+    marker = run_finetune(exp, rerun=True)
+    history = json.load(open(os.path.join(exp, f"seed_{marker['seed']}", marker["results_dir"],
+                                          "training_history.json")))["history"]
+    return [h["tokens_per_s"] for h in history if h.get("tokens_per_s")]
+
+
+def part_throughput(out: str, threads: int, n_rows: int, rounds: int, profile: bool) -> dict:
+    """Rounds of (Trainer, Ray Train), each two epochs, the warm second epoch counted: the machine's load moves
+    both sides alike within a round."""
+    import statistics
+
     import ray
 
-    from raypipe.finetune import run_finetune
-    from raypipe.finetune.run import load_experiment, train_rows
-    from raypipe.tasks.trigger import generate_rows
+    from raypipe.tasks.experiment import load_experiment
 
     exp = copy_template("2d_0proxy", os.path.join(out, "throughput"),
                         {"max_dataset_size": n_rows, "n_evals": 1000, "accuracy_sample_size": 1,
                          "train_accuracy_sample_size": 1},
-                        {"epochs": 2, "cpus_per_worker": threads})
-    config, spec = load_experiment(exp)
-    rows = train_rows(config, generate_rows(spec, config.seed))
-    trainer_rates = _trainer_epoch_rates(rows, config, threads, 2)
+                        {"epochs": 2, "cpus_per_worker": threads, "lora_dropout": 0.05},
+                        {"n_test": 4})  # the final evaluation of a round: a few rows, not the template's 96
+    experiment = load_experiment(exp)
+    rows = experiment.finetune_rows()["train"]
     if not ray.is_initialized():
         ray.init(num_cpus=max(threads, os.cpu_count() or 1))
-    marker = run_finetune(exp, rerun=True)
-    history = json.load(open(os.path.join(exp, f"seed_{marker['seed']}", marker["results_dir"],
-                                          "training_history.json")))["history"]
-    ray_rates = [h["tokens_per_s"] for h in history if h.get("tokens_per_s")]
-    trainer_rates += _trainer_epoch_rates(rows, config, threads, 2)  # again after: the load may have changed
-    return {"part": "throughput", "rows": len(rows), "threads": threads,
-            "ray_train_tokens_per_s": [round(r, 1) for r in ray_rates],
-            "trainer_tokens_per_s": [round(r, 1) for r in trainer_rates],
-            "ratio_best_epochs": round(max(ray_rates) / max(trainer_rates), 3)}
+    trainer_rates, ray_rates = [], []
+    for _ in range(rounds):
+        trainer_rates.append(_trainer_epoch_rates(rows, experiment.config, threads, 2)[-1])
+        ray_rates.append(_ray_epoch_rates(exp)[-1])
+    report = {"part": "throughput", "rows": len(rows), "threads": threads, "rounds": rounds,
+              "ray_train_tokens_per_s": [round(r, 1) for r in ray_rates],
+              "trainer_tokens_per_s": [round(r, 1) for r in trainer_rates],
+              "ratio_per_round": [round(r / t, 3) for r, t in zip(ray_rates, trainer_rates)],
+              "ratio_of_medians": round(statistics.median(ray_rates) / statistics.median(trainer_rates), 3)}
+    if profile:
+        report["profile"] = _profiles(experiment, rows, threads)
+    return report
+
+
+def _profiles(experiment, rows: list[dict], threads: int) -> dict:
+    """torch.profiler's top operators (self CPU time) for warm training steps of each side, in this process: the
+    recipe's step (left padding, logits of the answer positions only, summed loss) and the Trainer's step."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raypipe.embedded import embedded_checkpoint
+    from raypipe.finetune.data import ChatFormat, answer_loss, collate
+
+    torch.set_num_threads(threads)
+    ft = experiment.config.finetune_config
+    size, steps = ft.per_device_train_batch_size, 4
+    path = str(embedded_checkpoint())
+    fmt = ChatFormat(AutoTokenizer.from_pretrained(path))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), LoraConfig(
+        r=ft.r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout, target_modules=list(ft.target_modules),
+        task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ft.learning_rate)
+    encoded = [fmt.encode(r) for r in rows]
+    batches = [collate(encoded[i:i + size], fmt.pad_id) for i in range(0, size * (steps + 1), size)]
+
+    def recipe_step(batch):
+        loss = answer_loss(model, batch, reduction="sum") / (batch["labels"] != -100).sum().item()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    trainer, _ = _trainer(rows, experiment.config, threads, 1)
+    trainer.create_optimizer_and_scheduler(num_training_steps=steps + 1)
+    loader = iter(trainer.get_train_dataloader())
+
+    def trainer_step(_):
+        trainer.training_step(trainer.model, next(loader))
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+    tables = {}
+    for name, step in (("recipe", recipe_step), ("trainer", trainer_step)):
+        step(batches[0])  # warm
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for batch in batches[1:]:
+                step(batch)
+            seconds = time.perf_counter() - start
+        tables[name] = {"seconds_per_step": round(seconds / steps, 3),
+                        "top_ops": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)}
+    return tables
 
 
 def part_seeds(out: str) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
-    from raypipe.experiments import run_experiments
+    from raypipe.finetune.experiments import run_experiments
 
     if ray.is_initialized():
         ray.shutdown()
@@ -208,6 +285,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads of each trainer (default: "
                                                                    "the CPUs of this machine)")
     parser.add_argument("--rows", type=int, default=64, help="train rows of the throughput part")
+    parser.add_argument("--rounds", type=int, default=3, help="(Trainer, Ray Train) rounds of the throughput part")
+    parser.add_argument("--profile", action="store_true", help="throughput: add torch.profiler tables")
     args = parser.parse_args()
     parts = args.parts.split(",")
     threads = args.threads or os.cpu_count() or 1
@@ -224,7 +303,11 @@ def main() -> None:
                 "results_dir"])
         print(json.dumps(part_accuracy(results_dir)), flush=True)
     if "throughput" in parts:
-        print(json.dumps(part_throughput(args.out, threads, args.rows)), flush=True)
+        report = part_throughput(args.out, threads, args.rows, args.rounds, args.profile)
+        tables = report.pop("profile", {})
+        print(json.dumps(report), flush=True)
+        for name, table in tables.items():
+            print(f"--- {name}: {table['seconds_per_step']} s per step\n{table['top_ops']}", flush=True)
     if "seeds" in parts:
         print(json.dumps(part_seeds(args.out)), flush=True)
 

@@ -105,6 +105,9 @@ def _(eval_dir, explorer, mo, probe_dir, sweep_dir):
             f"test {summary['test_score']})"))
         shown_outputs.append(plots.score_heatmap_figure(grid, performance["layers"], performance["positions"],
                                                         performance["metric"], best))
+        by_split = explorer.split_scores(performance)
+        if by_split:
+            shown_outputs.append(mo.md("The chosen probe on each split:\n\n" + by_split))
     predictions = outputs.get("best_probe_predictions")
     if (predictions and predictions.get("test") and predictions["task_type"] == "classification"
             and len(set(predictions["test"]["labels"])) == 2):
@@ -113,14 +116,19 @@ def _(eval_dir, explorer, mo, probe_dir, sweep_dir):
                                               f"layer {predictions['layer']}, position {predictions['position']}"))
     if outputs.get("probe_eval"):
         rows = outputs["probe_eval"]["table"]
-        shown_outputs.append(mo.md("### SEP evaluation (predicting incorrectness, test)\n\n"
-                                   "| score | layer | position | ROC-AUC | 95% CI | p |\n|---|---|---|---|---|---|\n"
-                                   + "\n".join(f"| {r['score']} | {r['layer']} | {r['position']} | "
-                                               f"{r['roc_auc']:.3f} | {r['ci95'][0]:.2f}..{r['ci95'][1]:.2f} | "
-                                               f"{r['p_value']:.3f} |" for r in rows if r["roc_auc"] is not None)))
+        shown_outputs.append(mo.md("### SEP evaluation (predicting incorrectness)\n\n"
+                                   "| split | score | layer | position | ROC-AUC | 95% CI | p |\n"
+                                   "|---|---|---|---|---|---|---|\n"
+                                   + "\n".join(f"| {r.get('split', 'test')} | {r['score']} | {r['layer']} | "
+                                               f"{r['position']} | {r['roc_auc']:.3f} | "
+                                               f"{r['ci95'][0]:.2f}..{r['ci95'][1]:.2f} | {r['p_value']:.3f} |"
+                                               for r in rows if r["roc_auc"] is not None)))
     if outputs.get("evaluation"):
-        test = outputs["evaluation"].get("test", {})
-        shown_outputs.append(mo.md(f"Ray Train probe on test: {test.get('roc_auc', test.get('spearman'))}"))
+        evaluation = outputs["evaluation"]
+        scored = {split: found for split, found in evaluation.items()
+                  if isinstance(found, dict) and "significance" in found}
+        shown_outputs.append(mo.md("Ray Train probe: " + ", ".join(
+            f"{split} {found.get('roc_auc', found.get('spearman'))}" for split, found in scored.items())))
     if len(shown_outputs) == 1:
         shown_outputs.append(mo.md("No probe outputs given (`--probe`, `--sweep`, `--eval`)."))
     mo.vstack(shown_outputs)

@@ -14,13 +14,8 @@ from typing import Optional
 
 import typer
 
-from raypipe.errors import UserError
-from raypipe.finetune.config import ExperimentConfig
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"raypipe: error: {message}", err=True)
-    raise typer.Exit(2)
+from raypipe.errors import UserError, user_errors
+from raypipe.tasks.experiment import ExperimentConfig
 
 
 def _seeds_and_folders(exp_dirs: list[str], seeds: Optional[list[str]]) -> tuple[list[str], list[int] | None]:
@@ -41,6 +36,7 @@ def _seeds_and_folders(exp_dirs: list[str], seeds: Optional[list[str]]) -> tuple
         raise UserError(f"--seeds takes whole numbers, got {' '.join(values)}") from None
 
 
+@user_errors
 def finetune(
     exp_dirs: list[str] = typer.Argument(None, help="Experiment folders (config.json + data_config.json)."),
     seeds: Optional[list[str]] = typer.Option(None, "--seeds", help="Seeds to run: --seeds 42 123 456 (default: "
@@ -56,21 +52,19 @@ def finetune(
 ) -> None:
     """Finetune every (experiment, seed) on Ray Train, concurrently on Ray Tune; complete seeds are skipped and
     interrupted ones resume. Writes EXP/seed_<s>/results/<time>/ and EXP/summary.json + summary.png."""
-    from raypipe.experiments import new_experiment, run_experiments, summary_line
+    from raypipe.finetune.experiments import new_experiment, run_experiments, summary_line
 
+    folders, seed_list = _seeds_and_folders(list(exp_dirs or []), seeds)
+    if from_template:
+        if len(folders) != 1:
+            raise UserError("--from-template needs exactly one (new) experiment folder")
+        if not os.path.isfile(os.path.join(folders[0], "config.json")):
+            new_experiment(from_template, folders[0])
+            typer.echo(f"raypipe: copied template {from_template} into {folders[0]}")
+    if not folders:
+        raise UserError("give at least one experiment folder (see `raypipe experiments list` for templates)")
     try:
-        folders, seed_list = _seeds_and_folders(list(exp_dirs or []), seeds)
-        if from_template:
-            if len(folders) != 1:
-                raise UserError("--from-template needs exactly one (new) experiment folder")
-            if not os.path.isfile(os.path.join(folders[0], "config.json")):
-                new_experiment(from_template, folders[0])
-                typer.echo(f"raypipe: copied template {from_template} into {folders[0]}")
-        if not folders:
-            raise UserError("give at least one experiment folder (see `raypipe experiments list` for templates)")
         summaries = run_experiments(folders, seed_list, rerun=rerun, address=address, use_gpu=gpu)
-    except UserError as exc:
-        _fail(str(exc))
     except RuntimeError as exc:  # some seeds failed; the others finished and are summarized
         typer.echo(f"raypipe: {exc}", err=True)
         raise typer.Exit(1)
@@ -85,7 +79,7 @@ experiments_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty
 @experiments_app.command("list")
 def list_command(as_json: bool = typer.Option(False, "--json")) -> None:
     """The shipped experiment templates and the prompt-template presets."""
-    from raypipe.experiments import list_templates
+    from raypipe.finetune.experiments import list_templates
     from raypipe.tasks.templates import list_template_presets
 
     templates, presets = list_templates(), list_template_presets()
@@ -101,62 +95,59 @@ def list_command(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @experiments_app.command("new")
+@user_errors
 def new_command(template: str = typer.Argument(...), exp_dir: str = typer.Argument(...)) -> None:
     """Start an experiment folder from a template."""
-    from raypipe.experiments import new_experiment
+    from raypipe.finetune.experiments import new_experiment
 
-    try:
-        typer.echo(f"raypipe: wrote {new_experiment(template, exp_dir)} (edit its config.json / data_config.json)")
-    except UserError as exc:
-        _fail(str(exc))
+    typer.echo(f"raypipe: wrote {new_experiment(template, exp_dir)} (edit its config.json / data_config.json)")
 
 
 @experiments_app.command("validate")
+@user_errors
 def validate_command(exp_dirs: list[str] = typer.Argument(...)) -> None:
     """Check experiment folders' config.json and data_config.json; print their splits' sizes."""
-    from raypipe.experiments import describe_experiment
+    from raypipe.finetune.experiments import describe_experiment
 
-    try:
-        for folder in exp_dirs:
-            info = describe_experiment(folder)
-            rows = ", ".join(f"{k} {v}" for k, v in info["rows"].items())
-            typer.echo(f"{folder}: ok; {rows}; labels {'/'.join(info['label_words'])}; model {info['model']}")
-    except UserError as exc:
-        _fail(str(exc))
+    for folder in exp_dirs:
+        info = describe_experiment(folder)
+        rows = ", ".join(f"{k} {v}" for k, v in info["rows"].items())
+        typer.echo(f"{folder}: ok; {rows}; labels {'/'.join(info['label_words'])}; model {info['model']}")
 
 
 @experiments_app.command("data")
+@user_errors
 def data_command(exp_dir: str = typer.Argument(...),
                  seed: Optional[int] = typer.Option(None, "--seed", help="Default: the config's seed."),
                  out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Default: EXP_DIR/generated_data.")
                  ) -> None:
     """Write an experiment's datasets as JSONL (the seed's generate_all_2d_datasets.py)."""
-    from raypipe.finetune.run import load_experiment
+    from raypipe.tasks.experiment import load_experiment
     from raypipe.tasks.trigger import write_datasets
 
-    try:
-        config, spec = load_experiment(exp_dir)
-        paths = write_datasets(spec, config.seed if seed is None else seed,
-                               out_dir or os.path.join(exp_dir, "generated_data"),
-                               is_categorical=config.is_categorical, output_preamble=config.output_preamble)
-    except UserError as exc:
-        _fail(str(exc))
+    experiment = load_experiment(exp_dir)
+    config = experiment.config
+    paths = write_datasets(experiment.spec, config.seed if seed is None else seed,
+                           out_dir or os.path.join(exp_dir, "generated_data"),
+                           is_categorical=config.is_categorical, output_preamble=config.output_preamble)
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
 
 
 @experiments_app.command("summary")
+@user_errors
 def summary_command(exp_dirs: list[str] = typer.Argument(...)) -> None:
     """(Re)write summary.json and summary.png over each experiment's complete seeds."""
-    from raypipe.experiments import summarize, summary_line
+    from raypipe.finetune.experiments import summarize, summary_line
 
     for folder in exp_dirs:
         if not os.path.isdir(folder):
-            _fail(f"{folder}: no such experiment folder")
+            raise UserError(f"{folder}: no such experiment folder")
         typer.echo(summary_line(folder, summarize(folder)))
 
 
 @experiments_app.command("analyze")
+@user_errors
 def analyze_command(
     results_dir: str = typer.Argument(..., help="A finetune's results/<time>/ folder (or its seed folder)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Decoder layers to patch, e.g. '0,10,-1' "
@@ -165,17 +156,17 @@ def analyze_command(
     positions: int = typer.Option(16, "--positions", help="Final positions patched (aligned from the end)."),
 ) -> None:
     """Activation patching (trigger prompt -> no-trigger twin) and trigger ablation on a finished finetune:
-    writes RESULTS/analysis/patching.json + patching_heatmap.png + ablation.json."""
-    from raypipe.analysis import analyze_run
+    writes RESULTS/analysis/patching.json + patching_heatmap.png + ablation.json (all or none); says what it
+    skipped and why."""
+    from raypipe.finetune.analysis import analyze_run
 
     try:
         layer_list = [int(v) for v in layers.split(",")] if layers else None
     except ValueError:
-        _fail(f"--layers takes comma-separated integers, got {layers!r}")
-    try:
-        out = analyze_run(results_dir, layers=layer_list, n_pairs=pairs, n_positions=positions)
-    except UserError as exc:
-        _fail(str(exc))
+        raise UserError(f"--layers takes comma-separated integers, got {layers!r}") from None
+    out, notes = analyze_run(results_dir, layers=layer_list, n_pairs=pairs, n_positions=positions)
+    for note in notes:
+        typer.echo(f"raypipe: {note}")
     typer.echo(f"raypipe: wrote {out}")
 
 

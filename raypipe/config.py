@@ -1,14 +1,18 @@
 """Every knob of a build, in one place: model presets as named data and the resolved build configuration.
 
-A preset is a `ModelConfig`; a build is a `BuildConfig` that holds one. The CLI starts from a preset and overrides
-fields by name (`apply_overrides`), and the resolved `BuildConfig.to_dict()` is what the manifest records.
+Each option is declared once, as a dataclass field made with `knob`: its name, type, default and help (and, where
+they differ from the field's name, its command-line flags and config-file key); the fields' checks live in the
+dataclass. The command-line options, the config-file keys and the docs' option tables are derived from these fields
+(raypipe/options.py). A preset is a `ModelConfig`; a build is a `BuildConfig` that holds one, and its resolved
+`BuildConfig.to_dict()` is what the manifest records.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass, field
+import typing
+from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal
 
 from raypipe.errors import UserError
@@ -18,14 +22,48 @@ EMBEDDED_MODEL_ID = "embedded:SmolLM2-135M-Instruct"
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
+def knob(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, flags: tuple[str, ...] = (),
+         key: str | None = None, cli: bool = True) -> Any:
+    """A config field declared once: default (or factory), help, and the command-line flags (default: --field-name)
+    and config-file key (default: the field's name) where they differ; cli=False: a file key with no flag."""
+    metadata = {"help": help, "flags": tuple(flags), "key": key, "cli": cli}
+    return field(default=default, default_factory=factory, metadata=metadata)
+
+
+def flag_of(config_field: dataclasses.Field) -> str:
+    """The main command-line flag of a field (what its error messages name)."""
+    flags = config_field.metadata.get("flags") or ()
+    return flags[0] if flags else "--" + config_field.name.replace("_", "-")
+
+
+def choices_of(hint: Any) -> tuple | None:
+    """The values of a Literal type (also inside `Literal[...] | None`), else None."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    for arg in typing.get_args(hint):
+        if typing.get_origin(arg) is Literal:
+            return typing.get_args(arg)
+    return None
+
+
+def check_choices(config: Any) -> None:
+    """Every Literal field of a config holds one of its values: the type is where the choices are declared."""
+    hints = typing.get_type_hints(type(config))
+    for config_field in dataclasses.fields(config):
+        hint, value = hints[config_field.name], getattr(config, config_field.name)
+        choices = choices_of(hint)
+        if choices and value not in choices and not (value is None and type(None) in typing.get_args(hint)):
+            raise UserError(f"{flag_of(config_field)} must be one of {', '.join(choices)}, got {value!r}")
+
+
 @dataclass
 class VllmConfig:
     """The vLLM engine's own knobs (--backend vllm). They change how fast a build runs, never what it writes."""
 
-    tp: int = 1  # tensor-parallel devices per engine actor
-    max_num_seqs: int = 256  # sequences the engine runs at once
-    gpu_memory_utilization: float = 0.9  # the share of each GPU vLLM may take (placement lowers it when colocated)
-    enforce_eager: bool = False  # skip CUDA graph capture
+    tp: int = knob(1, "Tensor-parallel GPUs per engine actor (must divide the model's attention heads).")
+    max_num_seqs: int = knob(256, "Sequences the engine runs at once.")
+    gpu_memory_utilization: float = knob(0.9, "Share of each GPU vLLM may take (placement lowers it when colocated).")
+    enforce_eager: bool = knob(False, "Skip CUDA graph capture.")
 
     def __post_init__(self) -> None:
         for name in ("tp", "max_num_seqs"):
@@ -39,8 +77,9 @@ class VllmConfig:
 class HfConfig:
     """The transformers engine's own knobs (--backend hf)."""
 
-    batch_tokens: int = 32768  # K x rows x (prompt + max_tokens) of one generate call
-    max_sequences: int = 64  # sequences (rows x K) of one generate call
+    batch_tokens: int = knob(32768, "K x rows x (prompt + max_tokens) of one generate call.",
+                             flags=("--hf-batch-tokens",))
+    max_sequences: int = knob(64, "Sequences (rows x K) of one generate call.", flags=("--hf-max-sequences",))
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "max_sequences"):
@@ -53,33 +92,35 @@ class ModelConfig:
     """One LLM and how to run it: sampling, the loop detector's settings, the engines' knobs (grouped per backend)
     and the prefill actors'."""
 
-    name: str
-    model_id: str
-    dp: int = 1  # engine actors (data-parallel replicas), for any backend
-    dtype: Dtype = "bfloat16"
-    max_model_len: int = 32768
-    trust_remote_code: bool = False  # remote model code runs only when the user asks for it
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = 30000
-    loop_n: int = 30  # loop label: some n-gram of the generated ids ...
-    loop_k: int = 20  # ... occurs at least k times (loop_probe's 30 and 20)
-    num_samples: int = 1  # K samples per prompt (vLLM's n); labels over samples need K >= 2
-    entropy_top_k: int = 20  # top-k logprobs per generated token for the entropy/logprob baselines (0: off)
+    # A preset is a named ModelConfig; a config file's `preset:` key and --preset choose the one a build starts from.
+    name: str = knob(help="Model preset the model's settings start from; see `raypipe presets`.", key="preset",
+                     flags=("--preset", "--model-preset"))
+    model_id: str = knob(help="Hub id or local checkpoint folder.")
+    dp: int = knob(1, "Engine actors (data-parallel replicas), for any backend.")
+    dtype: Dtype = knob("bfloat16", "Weights and activations dtype.")
+    max_model_len: int = knob(32768, "Context length: prompt + generated tokens.")
+    trust_remote_code: bool = knob(False, "Run the model repository's own code (off unless asked for).")
+    temperature: float = knob(0.6, "Sampling temperature (0: greedy).")
+    top_p: float = knob(0.95, "Nucleus sampling's probability mass.")
+    max_tokens: int = knob(30000, "Max generated tokens per rollout.")
+    loop_n: int = knob(30, "Loop label: some n-gram of the generated ids, of this length ...")
+    loop_k: int = knob(20, "... occurs at least this many times (loop_probe's 30 and 20).")
+    num_samples: int = knob(1, "K samples per prompt (vLLM's n); labels over samples need K >= 2.")
+    entropy_top_k: int = knob(20, "Top-k logprobs behind the entropy/logprob baselines (0: off).")
     vllm: VllmConfig = field(default_factory=VllmConfig)
     hf: HfConfig = field(default_factory=HfConfig)
-    prefill_actors: int = 1  # Transformers actors computing hidden states (cpu and separate placements)
-    prefill_batch_tokens: int = 16384  # token budget of one length-sorted prefill batch
-    shards_in_flight: int = 2  # shards one engine actor holds at once: its engine stays full across shard boundaries
-    description: str = ""
+    prefill_actors: int = knob(1, "Transformers actors computing hidden states (cpu and separate placements).")
+    prefill_batch_tokens: int = knob(16384, "Token budget of one length-sorted prefill batch.")
+    shards_in_flight: int = knob(2, "Shards one engine actor holds at once: its engine stays full across shard "
+                                    "boundaries.")
+    description: str = knob("", "What the preset is (shown by `raypipe presets`).", cli=False)
 
     def __post_init__(self) -> None:
         for name in ("dp", "max_model_len", "max_tokens", "loop_n", "loop_k", "prefill_actors",
                      "prefill_batch_tokens", "num_samples", "shards_in_flight"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise UserError(f"dtype must be one of auto, float32, bfloat16, float16, got {self.dtype!r}")
+        check_choices(self)
         if not 0.0 < self.top_p <= 1.0:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.temperature < 0:
@@ -129,20 +170,27 @@ def get_preset(name: str) -> ModelConfig:
 class SourceConfig:
     """Where prompts come from and how they become the train and test splits."""
 
-    train_dataset: str | None = None  # hub name, local file/folder, or None for the built-in arithmetic source
-    train_split: str = "train"
-    test_dataset: str | None = None
-    test_split: str = "test"
-    prompt_field: str = "prompt"
-    id_field: str | None = None  # a source column of unique integer ids to use as row_id (default: row index)
-    test_fraction: float = 0.1  # used when only a train spec is given
-    seed: int = 0
-    max_samples: int | None = None
-    chat_template: bool = True  # apply the model's chat template to raw questions
-    truncate_long_prompts: bool = False  # keep the last max_model_len - 1 tokens instead of skipping the row
-    answer_field: str | None = None  # reference answers for correctness ('answer' is used when a source has it)
-    label_columns: list[str] = field(default_factory=list)  # source columns carried into the shards as labels
-    builtin_size: int = 128  # rows of the built-in arithmetic source
+    train_dataset: str | None = knob(None, "Hub dataset, local .parquet/.jsonl/.csv file or folder, "
+                                           "trigger:EXPERIMENT, or builtin:arithmetic (the default).")
+    train_split: str = knob("train", "Split of the train source.")
+    test_dataset: str | None = knob(None, "Separate test source; without it the train source is split.")
+    test_split: str = knob("test", "Split of the test source.")
+    prompt_field: str = knob("prompt", "Column holding the prompt text.")
+    id_field: str | None = knob(None, "Column of unique integer ids to use as row_id (default: the row's index in "
+                                      "its source).")
+    test_fraction: float = knob(0.1, "Test share of a single source's deterministic split.")
+    seed: int = knob(0, "Seed of the split, the built-in source and sampling.")
+    max_samples: int | None = knob(None, "Use at most this many rows of each source.")
+    chat_template: bool = knob(True, "Apply the chat template to raw questions (off for pre-formatted prompts).")
+    truncate_long_prompts: bool = knob(False, "Keep the last max_model_len - 1 tokens of a too-long prompt instead "
+                                              "of skipping it.")
+    answer_field: str | None = knob(None, "Column of reference answers: labels correct, success_rate ('answer' is "
+                                          "used when a source has it; the built-in source has answers).")
+    label_columns: list[str] = knob(help="Source column stored as a label, as given (repeatable).", factory=list,
+                                    flags=("--label-column",))
+    builtin_size: int = knob(128, "Rows generated by the built-in arithmetic source.")
+    eval_splits: list[str] = knob(help="Evaluation split beside train and test: NAME=SOURCE[:SPLIT], all of the "
+                                       "source's rows (repeatable).", factory=list, flags=("--eval-split",))
 
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:
@@ -157,13 +205,15 @@ class SourceConfig:
 class FeatureConfig:
     """Which hidden states are kept: layer indices into HF `hidden_states` (0 = embeddings) x prompt positions."""
 
-    layers: str = "-1"  # 'all' (every decoder layer), '-1', '0,5,-1'
-    # Comma-separated: negative offsets from the prompt's end ('-3,-1'), 'eoi' (the tokens the chat template adds
-    # after the user turn), 'marker:TEXT' (the last token of TEXT's last occurrence in the prompt), 'answer:-N' (the
-    # N-th last token of prompt + first sample, e.g. SEP's second-last answer token 'answer:-2').
-    positions: str = "-1"
-    eoi_tokens: int | None = None  # override the detected number of post-instruction tokens
-    missing_marker: Literal["skip", "fail"] = "skip"  # a prompt without the marker: skip and count it, or stop
+    layers: str = knob("-1", "'all' (every decoder layer), '-1' or '0,5,-1' (indices into hidden_states, "
+                              "0 = embeddings).")
+    positions: str = knob("-1", "Comma-separated prompt positions: offsets from the end ('-3,-1'), 'eoi' (the chat "
+                                "template's post-instruction tokens), 'marker:TEXT' (last token of TEXT's last "
+                                "occurrence), 'answer:-N' (N-th last token of prompt + first sample; SEP's "
+                                "'answer:-2').")
+    eoi_tokens: int | None = knob(None, "Override the detected number of post-instruction tokens.")
+    missing_marker: Literal["skip", "fail"] = knob("skip", "A prompt without the marker: skip (and count) or fail "
+                                                           "(stop before any work).")
 
     def position_specs(self) -> list[int | str]:
         """The parsed --positions: negative ints, 'eoi', and 'marker:TEXT' entries, in order."""
@@ -186,8 +236,7 @@ class FeatureConfig:
             if value >= 0:
                 raise UserError(f"--positions are counted from the prompt's end and must be negative, got {value}")
             specs.append(value)
-        if self.missing_marker not in ("skip", "fail"):
-            raise UserError(f"--missing-marker must be skip or fail, got {self.missing_marker!r}")
+        check_choices(self)
         if self.eoi_tokens is not None and self.eoi_tokens < 1:
             raise UserError(f"--eoi-tokens must be at least 1, got {self.eoi_tokens}")
         return specs
@@ -223,47 +272,51 @@ DEFAULT_EMBEDDING_MODEL = "embedded:all-MiniLM-L6-v2"
 class LabelConfig:
     """Labels over a prompt's K samples beyond `loop`: semantic entropy and how samples are judged equivalent."""
 
-    semantic_method: SemanticMethod = "auto"  # auto: answer equality when rows have answers, else embeddings
-    nli_model: str | None = None  # local path or hub id of an NLI model (bidirectional entailment)
-    embedding_model: str = DEFAULT_EMBEDDING_MODEL  # sentence embeddings for the cosine fallback
-    similarity_threshold: float = 0.9  # cosine similarity at which two samples mean the same
-    se_threshold: float | None = None  # semantic_entropy_high = entropy > this; None: best split over train
-    answer_match: Literal["auto", "math", "exact"] = "auto"  # auto: math when the references look mathematical
+    semantic_method: SemanticMethod = knob("auto", "Semantic-entropy clustering: auto (answer equality when rows "
+                                                   "have answers, else embeddings), answer, nli, embedding, off.")
+    nli_model: str | None = knob(None, "NLI model (local path or hub id) for --semantic-method nli.")
+    embedding_model: str = knob(DEFAULT_EMBEDDING_MODEL, "Sentence-embedding model (path or hub id) for the cosine "
+                                                         "fallback.")
+    similarity_threshold: float = knob(0.9, "Cosine similarity at which two samples mean the same.")
+    se_threshold: float | None = knob(None, "semantic_entropy_high = entropy > this; default: the best split of the "
+                                            "train values, found after the build.")
+    answer_match: Literal["auto", "math", "exact"] = knob("auto", "How final answers are compared with references: "
+                                                                  "math (math-verify), exact (normalised string), "
+                                                                  "auto (math when the references look "
+                                                                  "mathematical).")
 
     def __post_init__(self) -> None:
-        if self.semantic_method not in ("auto", "answer", "nli", "embedding", "off"):
-            raise UserError(f"--semantic-method must be auto, answer, nli, embedding or off, got "
-                            f"{self.semantic_method!r}")
+        check_choices(self)
         if self.semantic_method == "nli" and not self.nli_model:
             raise UserError("--semantic-method nli needs --nli-model (a local path or hub id)")
-        if self.answer_match not in ("auto", "math", "exact"):
-            raise UserError(f"--answer-match must be auto, math or exact, got {self.answer_match!r}")
         if not -1.0 <= self.similarity_threshold <= 1.0:
             raise UserError(f"--similarity-threshold must be in [-1, 1], got {self.similarity_threshold}")
 
 
 @dataclass
 class BuildConfig:
-    out_dir: str
-    model: ModelConfig
+    """A build: where it writes, the model, its prompt source, features and labels, and how the work is cut."""
+
+    out_dir: str = knob(help="Output folder (manifest.json, train/, test/).")
+    model: ModelConfig = knob(help="The model: a preset and the settings that override it.")
     source: SourceConfig = field(default_factory=SourceConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
-    shard_size: int = 64  # rows per shard: the unit of work, retry and resume
-    max_retries: int = 2  # a shard's stage work is tried 1 + max_retries times before the shard is marked failed
-    backend: Literal["vllm", "hf", "none"] = "vllm"  # generation backend (raypipe/engines/); none: no rollouts
-    placement: Literal["auto", "colocated", "separate"] = "auto"  # on GPUs: see raypipe/placement.py
-    gpu_memory_gb: float | None = None  # per GPU; None: asked of a GPU of the cluster
+    shard_size: int = knob(64, "Rows per shard: the unit of work, retry and resume.")
+    max_retries: int = knob(2, "Retries of a shard's failing stage before the shard is marked failed.")
+    backend: Literal["vllm", "hf", "none"] = knob("vllm", "Generation backend: vllm, hf (transformers generate), "
+                                                          "none (no rollouts).")
+    placement: Literal["auto", "colocated", "separate"] = knob("auto", "On GPUs: auto, colocated (prefill on the "
+                                                                       "engines' GPUs), separate (GPUs of its own).")
+    gpu_memory_gb: float | None = knob(None, "Memory of one GPU, for placement (default: asked of a GPU of the "
+                                             "cluster).")
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
             raise UserError(f"shard_size must be at least 1, got {self.shard_size}")
         if self.max_retries < 0:
             raise UserError(f"max_retries must be >= 0, got {self.max_retries}")
-        if self.backend not in ("vllm", "hf", "none"):
-            raise UserError(f"--backend must be vllm, hf or none, got {self.backend!r}")
-        if self.placement not in ("auto", "colocated", "separate"):
-            raise UserError(f"--placement must be auto, colocated or separate, got {self.placement!r}")
+        check_choices(self)
         if self.gpu_memory_gb is not None and self.gpu_memory_gb <= 0:
             raise UserError(f"--gpu-memory-gb must be positive, got {self.gpu_memory_gb}")
         self.features.position_specs()  # validate early

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def load_source(spec: str, split: str, builtin_size: int, seed: int):
     import datasets
 
     if spec.startswith("trigger:"):  # the 2-D trigger task's generated rows and their no-trigger twins
-        from raypipe.tasks.trigger import probe_source_rows
+        from raypipe.tasks.source import probe_source_rows
 
         return datasets.Dataset.from_list(probe_source_rows(spec, split, seed))
     if spec.startswith(BUILTIN_PREFIX):
@@ -175,23 +176,86 @@ class Source:
 class SplitRows:
     """The rows of one split: which source, its row indices there (in order), and their row ids."""
 
-    source: str  # key of the split's Source: "train", or "test" for a separate test source
+    source: str  # key of the split's Source: "train", "test" for a separate test source, an evaluation split's name
     indices: list[int]
     row_ids: list[int]
 
 
+# --- named evaluation splits ----------------------------------------------------------------------------------------
+
+RESERVED_SPLITS = ("train", "test", "cv")  # names the outputs use for something else
+SOURCE_PREFIXES = ("builtin", "trigger", "s3", "gs", "hf", "file", "http", "https")
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """A split beside train and test, from a source of its own: --eval-split NAME=SOURCE[:SPLIT]."""
+
+    name: str
+    spec: str
+    split: str = "test"
+
+
+def parse_eval_split(text: str) -> EvalSplit:
+    """NAME=SOURCE[:SPLIT]. The last ':' starts the source's split name when what follows is a bare name (no '/')
+    and what precedes is a source on its own, not a prefix such as builtin: or trigger:."""
+    name, sep, rest = text.partition("=")
+    name, rest = name.strip(), rest.strip()
+    if not sep or not name or not rest:
+        raise UserError(f"--eval-split takes NAME=SOURCE[:SPLIT] (e.g. ood=data/ood.jsonl), got {text!r}")
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name) or name in RESERVED_SPLITS:
+        raise UserError(f"--eval-split name {name!r} must be a word (letters, digits, _ and -, a letter first) and "
+                        f"not one of {', '.join(RESERVED_SPLITS)}")
+    head, colon, tail = rest.rpartition(":")
+    if colon and head and tail and "/" not in tail and "\\" not in tail and head not in SOURCE_PREFIXES:
+        return EvalSplit(name, head, tail)
+    return EvalSplit(name, rest)
+
+
+def eval_splits(config: SourceConfig) -> list[EvalSplit]:
+    """The evaluation splits of a build: those given, then, for a `trigger:` train source, one per generated test
+    file (its in- and out-of-distribution sets, named as the file without `test_`: objects_ID, objects_OOD)."""
+    given = [parse_eval_split(text) for text in config.eval_splits]
+    automatic = []
+    if (config.train_dataset or "").startswith("trigger:"):
+        from raypipe.tasks.source import trigger_test_splits
+
+        taken = {split.name for split in given}
+        automatic = [EvalSplit(file.removeprefix("test_"), config.train_dataset, file)
+                     for file in trigger_test_splits(config.train_dataset, config.seed)
+                     if file.removeprefix("test_") not in taken]
+    splits = given + automatic
+    seen = set()
+    for split in splits:
+        if split.name in seen:
+            raise UserError(f"--eval-split {split.name!r} is given twice")
+        seen.add(split.name)
+    return splits
+
+
 def open_sources(config: SourceConfig) -> tuple[dict[str, Source], dict[str, SplitRows]]:
-    """Load the sources and decide each split's rows, without reading a single prompt into Python."""
+    """Load the sources and decide each split's rows, without reading a single prompt into Python: train and test
+    (a separate source, or a seeded share of train), then each evaluation split, all of its own source's rows."""
     train_spec = config.train_dataset or f"{BUILTIN_PREFIX}arithmetic"
+
+    def seed_of(spec: str, offset: int) -> int:
+        """The built-in source generates other rows for each split (seed + offset); a trigger experiment is one
+        generation, whose splits are picked by name: its seed is the build's for every split."""
+        return config.seed if spec.startswith("trigger:") else config.seed + offset
+
     sources = {"train": _source(load_source(train_spec, config.train_split, config.builtin_size, config.seed),
                                 train_spec, config)}
     if config.test_dataset is not None:
         sources["test"] = _source(load_source(config.test_dataset, config.test_split, config.builtin_size,
-                                              config.seed + 1), config.test_dataset, config)
+                                              seed_of(config.test_dataset, 1)), config.test_dataset, config)
         parts = {split: (split, list(range(len(sources[split].table)))) for split in ("train", "test")}
     else:
         train_ids, test_ids = split_ids(len(sources["train"].table), config.test_fraction, config.seed)
         parts = {"train": ("train", train_ids), "test": ("train", test_ids)}
+    for offset, split in enumerate(eval_splits(config), start=2):
+        sources[split.name] = _source(load_source(split.spec, split.split, config.builtin_size,
+                                                  seed_of(split.spec, offset)), split.spec, config)
+        parts[split.name] = (split.name, list(range(len(sources[split.name].table))))
     splits = {}
     for split, (key, indices) in parts.items():
         source = sources[key]

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from raypipe.store import read_manifest
-
 
 def describe(manifest: dict) -> str:
     """The manifest in words (markdown): model, layers, positions, labels and their counts, skipped rows, shards."""
@@ -37,24 +35,23 @@ def describe(manifest: dict) -> str:
 
 
 def rows_table(data_dir: str):
-    """One row per prompt (both splits): row_id, split, every label's value, prompt, samples and finish reasons."""
+    """One row per prompt (every split): row_id, split, every label's value, prompt, samples and finish reasons."""
     import pandas as pd
 
     from raypipe.labels.catalog import label_values
-    from raypipe.store import load_rollouts, load_split
+    from raypipe.reader import Build
 
-    manifest = read_manifest(data_dir)
+    build = Build(data_dir)
+    manifest = build.manifest
     frames = []
-    for split in ("train", "test"):
-        if not any(s["status"] == "complete" for s in manifest["splits"].get(split, {}).get("shards", {}).values()):
-            continue
-        tensors = load_split(data_dir, split, layers=[0], positions=[0])
+    for split in build.splits():
+        tensors = build.tensors(split)
         frame = pd.DataFrame({"row_id": tensors["row_id"].numpy(), "split": split})
         for name, definition in manifest["labels"].items():
             if definition.get("derived_from") and definition["params"].get("threshold") is None:
                 continue
             frame[name] = label_values(manifest["labels"], name, tensors)
-        rollouts = load_rollouts(data_dir, split).to_pandas()
+        rollouts = build.rollouts(split).to_pandas()
         keep = [c for c in ("row_id", "prompt", "text", "finish_reason") if c in rollouts]
         frames.append(frame.merge(rollouts[keep], on="row_id", how="left"))
     return pd.concat(frames, ignore_index=True)
@@ -69,13 +66,15 @@ def label_distributions(manifest: dict, table):
 
     names = [n for n in manifest["labels"] if n in table]
     figure, axes = plt.subplots(1, max(len(names), 1), figsize=(3.2 * max(len(names), 1), 2.8), squeeze=False)
+    splits = list(dict.fromkeys(table["split"]))  # train, test, then the evaluation splits, side by side
+    width = 0.8 / max(len(splits), 1)
     for axis, name in zip(axes[0], names):
-        for split, part in table.groupby("split"):
+        for i, (split, part) in enumerate((split, table[table["split"] == split]) for split in splits):
             values = part[name].dropna()
             if set(values.unique()) <= {0.0, 1.0}:
                 counts = values.value_counts().reindex([0.0, 1.0], fill_value=0)
-                offset = -0.2 if split == "train" else 0.2
-                axis.bar(np.array([0, 1]) + offset, counts.values, width=0.4, label=split)
+                offset = -0.4 + width * (i + 0.5)
+                axis.bar(np.array([0, 1]) + offset, counts.values, width=width, label=split)
                 axis.set_xticks([0, 1])
             else:
                 axis.hist(values, bins=15, alpha=0.6, label=split)
@@ -96,14 +95,35 @@ def probe_outputs(directory: str | None) -> dict:
     return found
 
 
+def split_scores(performance: dict) -> str:
+    """Markdown: the sweep's chosen probe scored on each split it has (test and the evaluation splits), with the
+    bootstrap CI and permutation p-value of each."""
+    best = performance["best"]
+    lines = ["| split | rows | " + performance["metric"] + " | 95% CI | p |", "|---|---|---|---|---|"]
+    for split in performance.get("splits", ["train", "test"])[1:]:
+        found = best.get(f"{split}_significance")
+        if found:
+            low, high = found["ci95"]
+            lines.append(f"| {split} | {performance['rows'].get(split, '')} | {_number(found['value'])} | "
+                         f"{_number(low)}..{_number(high)} | {_number(found['p_value'])} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def live_probe(data_dir: str, label: str, layer: int, position, alpha: float = 1.0) -> dict:
-    """Fit one logistic (or ridge) probe on the train split at (layer, position) and score it on test, now."""
+    """Fit one logistic (or ridge) probe on the train split at (layer, position) and score it on test and on every
+    evaluation split, now."""
     from raypipe.probes.dataset import load_probe_data
     from raypipe.probes.metrics import score
+    from raypipe.reader import Build
 
-    data = load_probe_data(data_dir, label, [layer], [position])
+    build = Build(data_dir)
+    data = load_probe_data(build, label, [layer], [position])
     train, test = data.train, data.test
-    x_train, x_test = train.features[:, 0, 0].numpy(), test.features[:, 0, 0].numpy()
+    x_train, x_test = (data.features(build, split, [0])[:, 0, 0].numpy() for split in ("train", "test"))
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     from sklearn.linear_model import LogisticRegression, Ridge
 
@@ -111,6 +131,12 @@ def live_probe(data_dir: str, label: str, layer: int, position, alpha: float = 1
     model.fit((x_train - mean) / std, train.labels)
     predict = (lambda x: model.predict_proba(x)[:, 1]) if data.task == "classification" else model.predict
     value = score(predict((x_test - mean) / std), test.labels, data.task) if len(test.labels) else float("nan")
+    others = {}
+    for split in data.splits:
+        if split in ("train", "test") or not len(data.splits[split].labels):
+            continue
+        x = data.features(build, split, [0])[:, 0, 0].numpy()
+        others[f"{split}_score"] = score(predict((x - mean) / std), data.splits[split].labels, data.task)
     return {"label": label, "layer": layer, "position": position, "task": data.task,
-            "metric": "roc_auc" if data.task == "classification" else "spearman", "test_score": value,
+            "metric": "roc_auc" if data.task == "classification" else "spearman", "test_score": value, **others,
             "train_rows": len(train.labels), "test_rows": len(test.labels)}

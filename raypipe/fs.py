@@ -34,13 +34,20 @@ class Location:
 
     def write_atomic(self, relative: str, data: bytes) -> str:
         """Write bytes under a temporary name, then rename into place (fsynced first when local); return sha256."""
+        return self.write_atomic_chunks(relative, [data])
+
+    def write_atomic_chunks(self, relative: str, chunks) -> str:
+        """write_atomic for data made piece by piece (an iterable of bytes), never held whole."""
         final = self.path(relative)
         parent, name = final.rsplit("/", 1)
         tmp = f"{parent}/.{name}.tmp-{write_token()}"
+        digest = hashlib.sha256()
         if self.local:
             os.makedirs(parent, exist_ok=True)
             with open(tmp, "wb") as f:
-                f.write(data)
+                for chunk in chunks:
+                    f.write(chunk)
+                    digest.update(chunk)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
@@ -48,9 +55,11 @@ class Location:
             # Object stores have no atomic rename; the manifest, written last, is what marks a shard complete.
             self.fs.create_dir(parent, recursive=True)
             with self.fs.open_output_stream(tmp) as f:
-                f.write(data)
+                for chunk in chunks:
+                    f.write(chunk)
+                    digest.update(chunk)
             self.fs.move(tmp, final)
-        return hashlib.sha256(data).hexdigest()
+        return digest.hexdigest()
 
     def read_bytes(self, relative: str) -> bytes:
         with self.fs.open_input_stream(self.path(relative)) as f:

@@ -39,9 +39,11 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Dotted names of the output-relevant fields whose values differ between two resolved configs."""
-    a, b = _flatten(old), _flatten(new)
+def config_differences(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None) -> list[str]:
+    """Dotted names of the output-relevant fields whose values differ between two resolved configs. `defaults`
+    (dotted name -> declared default) stands in for a field the old config lacks: one recorded before the field
+    existed (a build made by an earlier release) then still resumes."""
+    a, b = {**(defaults or {}), **_flatten(old)}, _flatten(new)
     return sorted(k for k in set(a) | set(b) if k not in RUNTIME_FIELDS and a.get(k) != b.get(k))
 
 
@@ -61,7 +63,9 @@ class Manifest:
         resolved = config.to_dict()
         if out.is_file(MANIFEST):
             old = read_manifest(config.out_dir)
-            differing = config_differences(old["config"], resolved)
+            from raypipe.options import field_defaults
+
+            differing = config_differences(old["config"], resolved, field_defaults("build"))
             if differing and not overwrite:
                 raise UserError(
                     f"{config.out_dir} holds a build with another configuration (differs in: {', '.join(differing)}); "
@@ -72,10 +76,10 @@ class Manifest:
                 manifest.data["config"] = resolved  # runtime fields may have changed
                 manifest._recheck_complete_shards()
                 manifest._plan(plans)
-                _remove_temporaries(out)
+                _remove_temporaries(out, manifest.data["splits"])
                 manifest.write()
                 return manifest
-            _remove_outputs(out)
+            _remove_outputs(out, list(old.get("splits", {})))
         elif out.list() and not overwrite:
             raise UserError(f"{config.out_dir} is not empty and has no {MANIFEST}; choose an empty or new --out-dir")
         model = config.model
@@ -204,17 +208,17 @@ class Manifest:
         write_manifest(self.out_dir, self.data)
 
 
-def _remove_temporaries(out: Location) -> None:
+def _remove_temporaries(out: Location, splits) -> None:
     """Temporary files of an interrupted run: never read (only manifest-listed files are), removed on resume."""
-    for folder in ("", *SPLITS):
+    for folder in ("", *splits):
         for name in out.list(folder):
             if name.startswith(".") and ".tmp-" in name:
                 out.delete_file(f"{folder}/{name}" if folder else name)
 
 
-def _remove_outputs(out: Location) -> None:
+def _remove_outputs(out: Location, splits: list[str]) -> None:
     """--overwrite: remove what a raypipe build wrote (manifest and split folders), nothing else."""
-    for split in SPLITS:
+    for split in dict.fromkeys([*SPLITS, *splits]):
         out.delete_dir(split)
     out.delete_file(MANIFEST)
 

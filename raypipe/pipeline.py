@@ -1,7 +1,8 @@
 """A build end to end: prompts -> rollouts -> labels -> prefill features -> shards + manifest, on Ray Data.
 
-The driver reads and tokenizes the prompts, plans fixed shards, skips the ones the manifest already holds as
-complete, and streams the rest through the stages, one Ray Data row per shard. It alone writes the manifest, after
+The driver opens the sources (plan.py: no prompt text in its memory), plans fixed shards, skips the ones the manifest
+already holds as complete, and streams the rest through the stages (the prepare stage tokenizes), one Ray Data row
+per shard. It alone writes the manifest, after
 each shard's files are on disk. `python -m raypipe.build` is the command over `run_build`.
 """
 
@@ -15,112 +16,12 @@ import warnings
 from typing import Any
 
 from raypipe.config import BuildConfig
-from raypipe.data import open_sources, read_rows, to_prompt_rows
 from raypipe.errors import UserError
 from raypipe.manifest import Manifest
-from raypipe.plan import SPLITS, BuildInputs, ShardPlan, plan_shards
-from raypipe.positions import expand_positions
+from raypipe.plan import BuildInputs, ShardPlan, plan_shards, prepare
 
 STAGES = ("prepare", "rollout", "label", "prefill", "write")
 ACTOR_TASK_RETRIES = 2  # times Ray Data gives a shard to a fresh actor after its actor ended on a fatal error
-
-
-def prepare(config: BuildConfig) -> BuildInputs:
-    """Resolve sources, model shape, features and labels, and check every input a user gave, before any work."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from raypipe.embedded import resolve_model_path
-    from raypipe.labels import catalog
-
-    sources, splits = open_sources(config.source)  # data mistakes surface before any model loads
-    model_path = resolve_model_path(config.model.model_id)
-    try:
-        hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=config.model.trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=config.model.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load model {config.model.model_id!r}: {str(exc).strip().splitlines()[0]}") from exc
-    text_config = hf_config.get_text_config()
-    num_layers, hidden_size = text_config.num_hidden_layers, text_config.hidden_size
-    heads = getattr(text_config, "num_attention_heads", None)
-    if config.backend == "vllm" and heads and heads % config.model.vllm.tp:
-        raise UserError(f"--tp {config.model.vllm.tp} must divide the model's {heads} attention heads (tensor "
-                        f"parallelism splits them); use a tp that does")
-    layers = config.features.layer_list(num_layers)
-    positions = expand_positions(config.features.position_specs(), tokenizer, config.features.eoi_tokens)
-    if config.source.chat_template and not getattr(tokenizer, "chat_template", None):
-        raise UserError("the model's tokenizer has no chat template; pass --no-chat-template for raw prompts")
-    check_semantic_models(config)
-    if config.features.missing_marker == "fail":
-        check_markers(sources, splits, positions, tokenizer, config)
-    has_answers = any(source.has_answers for source in sources.values())
-    rollouts = config.backend != "none"
-    if not rollouts and any(isinstance(p, str) and p.startswith("answer:") for p in positions):
-        raise UserError("--positions answer:-N reads the first sample's tokens; --backend none generates none")
-    labels = catalog.plan(config.model, config.labels, config.source.label_columns, has_answers,
-                          answer_match(config, sources) if has_answers else "math", rollouts=rollouts,
-                          classes=sources["train"].classes)
-    absent = {} if rollouts else catalog.absent_without_rollouts(config.model, config.labels,
-                                                                  config.source.label_columns, has_answers)
-    return BuildInputs(_local_path(model_path), num_layers, hidden_size, layers, positions, labels, sources, splits,
-                       absent)
-
-
-def answer_match(config: BuildConfig, sources) -> str:
-    """--answer-match, with auto resolved from (up to 1,000 of) the references: math when they look mathematical."""
-    if config.labels.answer_match != "auto":
-        return config.labels.answer_match
-    from raypipe.labels.answers import answer_match_default
-
-    references = [value for source in sources.values() if source.answer_field
-                  for value in source.table.column(source.answer_field).slice(0, 1000).to_pylist()]
-    return answer_match_default([None if value is None else str(value) for value in references])
-
-
-def check_markers(sources, splits, positions, tokenizer, config: BuildConfig) -> None:
-    """--missing-marker fail: a prompt without a marker stops the build before any work (a text check over every
-    prompt; the prepare stage counts the rare token-level miss)."""
-    markers = [p.removeprefix("marker:") for p in positions if isinstance(p, str) and p.startswith("marker:")]
-    for split, part in splits.items():
-        rows, _ = read_rows(sources[part.source], part.indices, part.row_ids)
-        for row in rows:
-            missing = [m for m in markers if m not in row["question"]]
-            if missing and config.source.chat_template:  # the template itself may hold the marker
-                text = to_prompt_rows([row], tokenizer, True)[0].prompt
-                missing = [m for m in missing if m not in text]
-            if missing:
-                raise UserError(f"row {row['row_id']}: its prompt does not contain the marker of --positions "
-                                f"({', '.join('marker:' + m for m in missing)}); --missing-marker skip counts such "
-                                "rows instead")
-
-
-def check_semantic_models(config: BuildConfig) -> None:
-    """An NLI or embedding model that will not load is a user error now, not a failed shard later."""
-    labels = config.labels
-    if config.model.num_samples < 2 or labels.semantic_method in ("off", "answer"):
-        return
-    from raypipe.labels.semantic_models import load_embedder, load_nli
-
-    try:
-        if labels.semantic_method == "nli":
-            load_nli(labels.nli_model)
-        else:
-            load_embedder(labels.embedding_model)
-    except (OSError, ValueError, ImportError) as exc:
-        which = f"NLI model {labels.nli_model!r}" if labels.semantic_method == "nli" else \
-            f"embedding model {labels.embedding_model!r}"
-        raise UserError(f"cannot load {which}: {str(exc).strip().splitlines()[0]}") from exc
-
-
-def _local_path(model_path: str) -> str | None:
-    """The folder the checkpoint is read from on this node (a hub id resolves to its cache snapshot)."""
-    if os.path.isdir(model_path):
-        return model_path
-    try:
-        from transformers.utils import cached_file
-
-        return os.path.dirname(cached_file(model_path, "config.json"))
-    except Exception:  # noqa: BLE001 - only informational
-        return None
 
 
 def shard_row(plan: ShardPlan) -> dict[str, Any]:
@@ -180,130 +81,25 @@ def _finish_derived_labels(config: BuildConfig, manifest: Manifest) -> None:
     """Thresholds of derived labels are chosen on the train split once every shard is complete (never rewriting
     a shard); the manifest records them and the derived labels' counts."""
     from raypipe.labels.catalog import finish_derived
-    from raypipe.store import load_split
+    from raypipe.reader import Build
 
     labels = manifest.data["labels"]
     if not any(definition.get("derived_from") for definition in labels.values()):
         return
-    splits = [split for split in SPLITS if manifest.data["splits"].get(split, {}).get("rows")]
+    build = Build(config.out_dir, manifest.data)
+    splits = [split for split, data in manifest.data["splits"].items() if data.get("rows")]
 
     def values_of(split: str, name: str):
-        return load_split(config.out_dir, split, layers=[0], positions=[0])[f"label.{name}"].double().numpy()
+        return build.tensors(split, [f"label.{name}"])[f"label.{name}"].double().numpy()
 
     finish_derived(labels, values_of, splits)
-
-
-# --- Ray --------------------------------------------------------------------------------------------------------------
-
-def connect_ray() -> None:
-    """Join RAY_ADDRESS (e.g. under `ray job submit`) or the cluster `ray start` recorded, else start a local one.
-
-    A recorded cluster whose head has died would make `ray.init()` retry its address for minutes: check first and
-    stop with one line that names the address and the ways out.
-    """
-    import logging
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = recorded_ray_address()
-    if address is not None and not _answers(address):
-        raise UserError(f"Ray would join the cluster at {address} ({_address_origin()}), but nothing answers there: "
-                        "its head has died. Run `ray stop` to clear the record, or set RAY_ADDRESS=local for a fresh "
-                        "local cluster (or RAY_ADDRESS=HOST:PORT for a live one)")
-    from raypipe.stages.base import FAULT_ENV, FAULT_STATE_ENV
-
-    env_vars = {name: os.environ[name] for name in (FAULT_ENV, FAULT_STATE_ENV, "VLLM_CPU_KVCACHE_SPACE")
-                if os.environ.get(name)}
-    # Ray's own detail (actor logs, engine start-up) goes to its log files; the console shows raypipe's progress.
-    ray.init(log_to_driver=False, logging_level=logging.ERROR,
-             runtime_env={"env_vars": env_vars} if env_vars else None)
-    import ray.data
-
-    for handler in logging.getLogger("ray.data").handlers:  # Ray Data keeps writing everything to ray-data.log
-        if not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.ERROR)
-    print(f"raypipe: Ray {'joined at ' + address if address else 'started locally'}; its logs: "
-          f"{_ray_log_dir()}", flush=True)
-
-
-def recorded_ray_address() -> str | None:
-    """host:port of the cluster `ray.init()` would join (RAY_ADDRESS as given, else `ray start`'s record); None for a
-    new local cluster, and for addresses that are not a GCS's (Ray client, dashboard): ray.init reports those."""
-    given = os.environ.get("RAY_ADDRESS", "").strip()
-    if given == "local" or given.startswith(("ray://", "http://", "https://")):
-        return None
-    if given and given != "auto":
-        return given
-    from ray._private.services import canonicalize_bootstrap_address
-
-    try:
-        return canonicalize_bootstrap_address(None)
-    except Exception:  # noqa: BLE001 - an unreadable record: let ray.init report it
-        return None
-
-
-def _address_origin() -> str:
-    return "from RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "recorded by the last `ray start` on this machine"
-
-
-def _answers(address: str, timeout: float = 3.0) -> bool:
-    import socket
-
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
-def _ray_log_dir() -> str:
-    import ray
-
-    try:
-        return os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs")
-    except Exception:  # noqa: BLE001 - a joined cluster's session folder lives on its head
-        return "the head node's /tmp/ray/session_latest/logs"
-
-
-def cluster_nodes(gpu_memory_gb: float | None) -> tuple[list, list[str]]:
-    """The alive nodes' GPUs (placement.Node), and notes on how their memory was known."""
-    import ray
-
-    from raypipe.placement import DEFAULT_GPU_MEMORY_GB, Node
-
-    counts = [int(node["Resources"].get("GPU", 0)) for node in ray.nodes() if node.get("Alive")]
-    notes = []
-    if any(counts) and gpu_memory_gb is None:
-        gpu_memory_gb = _device_memory_gb()
-        if gpu_memory_gb is None:
-            gpu_memory_gb = DEFAULT_GPU_MEMORY_GB
-            notes.append(f"no CUDA device answered for its memory (logical GPUs?); assumed {gpu_memory_gb:.0f} GB, "
-                         "set --gpu-memory-gb")
-    return [Node(gpus, gpu_memory_gb or 0.0) for gpus in counts], notes
-
-
-def _device_memory_gb() -> float | None:
-    """Total memory of one GPU of the cluster, asked of a GPU task (None where no CUDA device is behind the GPU)."""
-    import ray
-
-    def memory() -> float | None:
-        import torch
-
-        return torch.cuda.get_device_properties(0).total_memory / 1e9 if torch.cuda.is_available() else None
-
-    try:
-        return ray.get(ray.remote(num_gpus=1, num_cpus=0)(memory).remote(), timeout=300)
-    except Exception:  # noqa: BLE001 - then the default, and the build says so
-        return None
 
 
 def plan_placement(config: BuildConfig, inputs: BuildInputs):
     from transformers import AutoConfig
 
     from raypipe.embedded import resolve_model_path
+    from raypipe.cluster import nodes as cluster_nodes
     from raypipe.placement import ModelShape, model_shape, place
 
     nodes, notes = cluster_nodes(config.gpu_memory_gb)
@@ -327,6 +123,7 @@ def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan], 
     """
     import ray
 
+    from raypipe.cluster import connect
     from raypipe.progress import ProgressPrinter, start_board
     from raypipe.stages.colocated import ColocatedStage
     from raypipe.stages.label import LabelStage
@@ -336,7 +133,7 @@ def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan], 
     from raypipe.stages.write import WriteStage
     from raypipe.store import shard_name
 
-    connect_ray()
+    connect()
     placement = plan_placement(config, inputs)
     print(f"raypipe: placement {placement.describe()}", flush=True)
     if manifest is not None:
@@ -360,13 +157,15 @@ def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan], 
     engine_pool = ray.data.ActorPoolStrategy(size=max(placement.engines, 1),
                                              max_tasks_in_flight_per_actor=model.shards_in_flight)
     ds = ray.data.from_items([shard_row(p) for p in pending], override_num_blocks=len(pending))
-    # The sources' tables go to the object store once; a list keeps Ray from resolving the reference early.
+    # The sources' tables go to the object store once; a list keeps Ray from resolving the reference early. They go
+    # with each call, not into the actor's constructor, so that a restarted actor (its node lost) needs none.
     sources = {key: dataclasses.replace(source, table=[ray.put(source.table)])
                for key, source in inputs.sources.items()}
     # Tokenizing a shard takes milliseconds: zero CPUs, so that it never waits behind the model actors.
     ds = ds.map_batches(PrepareStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
-                        fn_constructor_kwargs={"config": config, "sources": sources, "positions": inputs.positions,
-                                               "retries": retries, "progress": board}, **actor_args)
+                        fn_kwargs={"sources": sources},
+                        fn_constructor_kwargs={"config": config, "positions": inputs.positions, "retries": retries,
+                                               "progress": board}, **actor_args)
     if config.backend == "none":
         pass  # no rollouts: not a token is generated
     elif placement.mode == "colocated":

@@ -18,7 +18,6 @@ check their hashes, so a leftover temporary file or a half-written shard is neve
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -68,8 +67,8 @@ def write_shard(out_dir: str, split: str, index: int, tensors: dict[str, Any], r
 
 # --- the manifest --------------------------------------------------------------------------------------------------
 
-def read_manifest(out_dir: str) -> dict[str, Any]:
-    location = Location(str(out_dir))
+def read_manifest(out_dir: str, location: Location | None = None) -> dict[str, Any]:
+    location = location or Location(str(out_dir))
     if not location.is_file(MANIFEST):
         raise UserError(f"{out_dir} has no {MANIFEST}: is it the output folder of a raypipe build?")
     try:
@@ -90,11 +89,13 @@ def complete_shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]
     return [entry for _, entry in sorted(shards.items()) if entry.get("status") == "complete"]
 
 
-# --- reading -------------------------------------------------------------------------------------------------------
+# --- checking -------------------------------------------------------------------------------------------------------
 
-def _check(location: Location, relative: str, expected: str, actual: str | None) -> None:
-    if actual is None:
+def verify_file(location: Location, relative: str, expected: str) -> None:
+    """Stream one file through sha256 (never held whole); UserError when it is missing or differs."""
+    if not location.is_file(relative):
         raise UserError(f"shard file {location.path(relative)} is missing")
+    actual = location.sha256(relative)
     if actual != expected:
         raise UserError(f"shard file {location.path(relative)} is corrupt: sha256 {actual[:12]}... does not match "
                         f"the manifest's {expected[:12]}...")
@@ -104,61 +105,4 @@ def verify_shard(out_dir: str, entry: dict[str, Any]) -> None:
     """Raise UserError unless every file of a shard exists and matches its recorded sha256."""
     location = Location(str(out_dir))
     for file, expected in entry["files"].items():
-        relative = f"{entry['split']}/{file}"
-        _check(location, relative, expected, location.sha256(relative) if location.is_file(relative) else None)
-
-
-def _read_shard_file(location: Location, entry: dict[str, Any], suffix: str, verify: bool) -> bytes:
-    """One file of a complete shard, read once and checked against its sha256."""
-    file = next(f for f in entry["files"] if f.endswith(suffix))
-    relative = f"{entry['split']}/{file}"
-    if not location.is_file(relative):
-        _check(location, relative, entry["files"][file], None)
-    data = location.read_bytes(relative)
-    if verify:
-        _check(location, relative, entry["files"][file], hashlib.sha256(data).hexdigest())
-    return data
-
-
-def _complete_entries(out_dir: str, split: str) -> list[dict[str, Any]]:
-    manifest = read_manifest(out_dir)
-    if split not in manifest.get("splits", {}):
-        raise UserError(f"split {split!r} is not in {out_dir}; splits: {', '.join(manifest.get('splits', {}))}")
-    entries = complete_shards(manifest, split)
-    if not entries:
-        raise UserError(f"split {split!r} of {out_dir} has no complete shard")
-    return [{**entry, "split": split} for entry in entries]
-
-
-def load_split(out_dir: str, split: str, verify: bool = True, layers: list[int] | None = None,
-               positions: list[int] | None = None) -> dict[str, Any]:
-    """Read every complete shard of a split, in shard order, as concatenated torch tensors.
-
-    `layers` and `positions` (indices into the stored feature axes) keep only those features, shard by shard, so a
-    probe on one (layer, position) never holds a whole build's features in memory.
-    """
-    import torch
-    from safetensors.torch import load
-
-    location = Location(str(out_dir))
-    parts: dict[str, list] = {}
-    for entry in _complete_entries(out_dir, split):
-        for key, tensor in load(_read_shard_file(location, entry, ".safetensors", verify)).items():
-            if key == "features" and layers is not None:
-                tensor = tensor[:, layers]
-            if key == "features" and positions is not None:
-                tensor = tensor[:, :, positions]
-            parts.setdefault(key, []).append(tensor)
-    return {key: torch.cat(tensors) for key, tensors in parts.items()}
-
-
-def load_rollouts(out_dir: str, split: str, verify: bool = True, columns: list[str] | None = None):
-    """Read the rollout sidecars of every complete shard of a split as one pyarrow table (optionally some columns)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    location = Location(str(out_dir))
-    return pa.concat_tables([
-        pq.read_table(pa.BufferReader(_read_shard_file(location, entry, ".parquet", verify)), columns=columns)
-        for entry in _complete_entries(out_dir, split)
-    ])
+        verify_file(location, f"{entry['split']}/{file}", expected)

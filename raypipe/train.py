@@ -2,6 +2,7 @@
 
     python -m raypipe.train --data-dir runs/demo --out-dir runs/demo-probe            # Ray Train linear probe
     python -m raypipe.train --sweep --data-dir runs/demo --out-dir runs/demo-sweep    # (layer x position) sweep
+    python -m raypipe.train --config configs/loop_probe.yaml                          # a config file's train section
 
 The same commands as `raypipe train` and `raypipe sweep`; the work is in raypipe.probes (linear.py, sweep.py).
 """

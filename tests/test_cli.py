@@ -1,6 +1,5 @@
 """Bad input ends in one clear line and exit code 2, with nothing written as complete."""
 
-import dataclasses
 import inspect
 import os
 import subprocess
@@ -68,8 +67,9 @@ RAYPIPE = str(Path(sys.executable).parent / "raypipe")
     ([RAYPIPE, "train"], "--epochs"),
     ([RAYPIPE, "train", "--sweep"], "--n-folds"),
     ([RAYPIPE, "sweep"], "--n-folds"),
+    ([RAYPIPE, "evaluate"], "--block-layers"),
     ([RAYPIPE, "presets"], "--json"),
-    ([RAYPIPE, "status"], "out_dir"),
+    ([RAYPIPE, "status"], "--config"),
     ([sys.executable, "-m", "raypipe.build"], "--truncate-long-prompts"),
     ([sys.executable, "-m", "raypipe.train"], "--epochs"),
     ([sys.executable, "-m", "raypipe.train", "--sweep"], "--n-folds"),
@@ -82,34 +82,140 @@ def test_every_documented_command_form_parses_its_help(command, expected):
     assert expected in result.stdout and "Usage:" in result.stdout
 
 
+def _invoke(*args: str):
+    """A command of the `raypipe` app, run in this process (typer's test runner)."""
+    from typer.testing import CliRunner
+
+    from raypipe.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _printed(command: str, *args: str) -> dict:
+    import yaml
+
+    result = _invoke(command, *args, "--print-config")
+    assert result.exit_code == 0, result.output
+    return yaml.safe_load(result.stdout)
+
+
+def _flat(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
 def _option_defaults(command) -> dict[str, object]:
     """Parameter name -> default of a typer command function."""
     return {name: p.default.default for name, p in inspect.signature(command).parameters.items()
             if hasattr(p.default, "default")}
 
 
-@pytest.mark.parametrize("command, configs", [
-    ("build", ["BuildConfig", "SourceConfig", "FeatureConfig", "LabelConfig"]),
-    ("train", ["TrainConfig"]),
-    ("sweep", ["SweepConfig"]),
+@pytest.mark.parametrize("command, required", [
+    ("build", ["--out-dir", "o"]),
+    ("train", ["--data-dir", "d", "--out-dir", "o"]),
+    ("sweep", ["--data-dir", "d", "--out-dir", "o"]),
+    ("evaluate", ["--data-dir", "d", "--out-dir", "o"]),
 ])
-def test_cli_defaults_are_the_config_defaults(command, configs):
-    """A Python user and a CLI user get the same build or probe from "the defaults"."""
-    import raypipe.config
-    import raypipe.probes.config
+def test_cli_defaults_are_the_config_defaults(command, required):
+    """A Python user and a CLI user get the same build or probe from "the defaults": the config a command resolves
+    with no option but the required ones equals the dataclass built in Python, and each option's typer default
+    (what --help shows) is its field's default (a build's model options: the default preset's values)."""
     from raypipe import cli
+    from raypipe.config import DEFAULT_PRESET, BuildConfig, get_preset
+    from raypipe.options import file_view, options
+    from raypipe.probes.config import EvaluateConfig, SweepConfig, TrainConfig
 
-    options = _option_defaults(getattr(cli, command))
-    compared = 0
-    for config_name in configs:
-        config_class = getattr(raypipe.config, config_name, None) or getattr(raypipe.probes.config, config_name)
-        for field in dataclasses.fields(config_class):
-            has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
-            if has_default and field.name in options and options[field.name] is not None:
-                expected = cli.default(config_class, field.name)
-                assert options[field.name] in (expected, str(expected)), (command, field.name)
-                compared += 1
-    assert compared >= {"build": 15, "train": 10, "sweep": 8}[command]
+    python = {"build": lambda: BuildConfig(out_dir="o", model=get_preset(DEFAULT_PRESET)),
+              "train": lambda: TrainConfig(data_dir="d", out_dir="o"),
+              "sweep": lambda: SweepConfig(data_dir="d", out_dir="o"),
+              "evaluate": lambda: EvaluateConfig(data_dir="d", out_dir="o")}[command]()
+    assert _printed(command, *required) == file_view(command, python)
+    defaults, compared = _option_defaults(getattr(cli, command)), 0
+    for option in options(command):
+        if option.cli and not option.required:
+            value = python
+            for name in option.path:
+                value = getattr(value, "name" if name == "preset" else name)
+            assert defaults[option.param] == value, option.key
+            compared += 1
+    assert compared == {"build": 52, "train": 15, "sweep": 16, "evaluate": 8}[command]
+
+
+# The flags of build, train, sweep and evaluate before their options were derived from the dataclasses: each must
+# keep working, into the same field.
+LEGACY = {
+    "build": {"--preset": "openthinker3_7b", "--model-preset": "openthinker3_7b", "--train-dataset": "t.jsonl",
+              "--train-split": "tr", "--test-dataset": "s.jsonl", "--test-split": "te", "--prompt-field": "q",
+              "--id-field": "i", "--test-fraction": "0.2", "--seed": "3", "--max-samples": "9",
+              "--no-chat-template": None, "--chat-template": None, "--builtin-size": "7",
+              "--truncate-long-prompts": None, "--layers": "0,5,-1", "--positions": "-3,-1", "--eoi-tokens": "4",
+              "--missing-marker": "fail", "--num-samples": "4", "--answer-field": "a", "--label-column": "x",
+              "--semantic-method": "nli", "--nli-model": "n", "--embedding-model": "e",
+              "--similarity-threshold": "0.8", "--answer-match": "exact", "--se-threshold": "0.5",
+              "--entropy-top-k": "5", "--shard-size": "8", "--backend": "hf", "--placement": "separate",
+              "--gpu-memory-gb": "40", "--max-retries": "1", "--model-id": "m", "--temperature": "0.3",
+              "--top-p": "0.8", "--max-tokens": "99", "--dp": "2", "--dtype": "float16", "--max-model-len": "512",
+              "--tp": "2", "--max-num-seqs": "3", "--gpu-memory-utilization": "0.5", "--enforce-eager": None,
+              "--no-enforce-eager": None, "--hf-batch-tokens": "100", "--hf-max-sequences": "6",
+              "--trust-remote-code": None, "--no-trust-remote-code": None, "--loop-n": "5", "--loop-k": "2",
+              "--prefill-actors": "2", "--prefill-batch-tokens": "300", "--shards-in-flight": "3"},
+    "train": {"--label": "loop", "--task-type": "regression", "--seed": "1", "--resamples": "20", "--layer": "3",
+              "--position": "-2", "--epochs": "2", "--batch-size": "4", "--lr": "0.1", "--weight-decay": "0.1",
+              "--val-fraction": "0.2", "--standardize": None, "--no-standardize": None, "--num-workers": "2",
+              "--wandb-project": "p"},
+    "sweep": {"--label": "loop", "--task-type": "regression", "--seed": "1", "--resamples": "20", "--device": "cpu",
+              "--layers": "1,2", "--positions": "-1", "--alpha": "0.5", "--fit-intercept": None,
+              "--no-fit-intercept": None, "--k-fold": None, "--no-k-fold": None, "--n-folds": "3",
+              "--max-iter": "7", "--memory-gb": "1.5"},
+    "evaluate": {"--layers": "1,2", "--positions": "-1", "--alpha": "0.5", "--resamples": "20", "--seed": "1"},
+}
+
+
+@pytest.mark.parametrize("command", sorted(LEGACY))
+def test_every_flag_from_before_the_derivation_still_works(command):
+    args = ["--out-dir", "o"] + (["--data-dir", "d"] if command != "build" else ["--train-dataset", "t.jsonl"])
+    renamed = {"--model-preset": "preset", "--label-column": "label_columns", "--hf-batch-tokens": "batch_tokens",
+               "--hf-max-sequences": "max_sequences"}
+    flags = LEGACY[command]
+    # Two runs: every flag at once, then the other spelling of the flags that have two (--preset/--model-preset, a
+    # flag and its --no- form).
+    second = {flag for flag in flags if flag == "--model-preset" or f"--no-{flag[2:]}" in flags}
+    for group in ([f for f in flags if f not in second], sorted(second)):
+        flat = _flat(_printed(command, *args, *[a for f in group for a in (f, flags[f]) if a is not None]))
+        for flag in group:
+            leaf = renamed.get(flag, flag.removeprefix("--no-").removeprefix("--").replace("-", "_"))
+            (got,) = [v for k, v in flat.items() if k.rpartition(".")[2] == leaf]
+            expected = (not flag.startswith("--no-")) if flags[flag] is None else flags[flag]
+            assert got == expected or str(got) == str(expected) or got == [expected] or \
+                (isinstance(got, float) and got == float(expected)), (flag, got)
+    build = _printed("build", "--out-dir", "o", "--label-column", "a", "--label-column", "b", "--tp", "2",
+                     "--hf-batch-tokens", "100", "--no-chat-template", "--truncate-long-prompts")
+    assert build["source"]["label_columns"] == ["a", "b"] and build["model"]["vllm"]["tp"] == 2
+    assert build["model"]["hf"]["batch_tokens"] == 100 and build["source"]["chat_template"] is False
+    assert build["source"]["truncate_long_prompts"] is True
+    assert _printed("train", "--data-dir", "d", "--out-dir", "o", "--position", "marker:</think>")["position"] == \
+        "marker:</think>"
+    assert _printed("train", "--data-dir", "d", "--out-dir", "o", "--position", "-2")["position"] == -2
+
+
+def test_help_shows_every_option_with_its_default_and_help():
+    import re
+
+    from raypipe.options import options
+
+    result = subprocess.run([RAYPIPE, "build", "--help"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "COLUMNS": "250"})
+    text = re.sub(r"[│╭╮╰╯─]", " ", result.stdout)
+    text = " ".join(text.split())  # rich wraps long help over lines
+    for option in options("build"):
+        if option.cli:
+            assert option.flags[0] in text, option.key
+            assert " ".join(option.help.split()[:6]) in text, option.key
+    for shown in ("[default: 64]", "[default: vllm]", "[default: smollm2_135m]", "(smollm2_135m: 256)",
+                  "[default: chat-template]", "--config", "--print-config", "--overwrite"):
+        assert shown in text, shown
 
 
 def test_builtin_defaults_agree_between_python_and_cli():
@@ -122,7 +228,7 @@ def test_builtin_defaults_agree_between_python_and_cli():
 @pytest.mark.parametrize("given, expected", [("127.0.0.1:6379", "127.0.0.1:6379"), ("local", None),
                                              ("ray://head:10001", None), ("http://head:8265", None)])
 def test_the_address_a_build_checks_is_ray_address_as_given(monkeypatch, given, expected):
-    from raypipe.pipeline import recorded_ray_address
+    from raypipe.cluster import recorded_address as recorded_ray_address
 
     monkeypatch.setenv("RAY_ADDRESS", given)
     assert recorded_ray_address() == expected

@@ -189,3 +189,30 @@ def test_a_label_column_of_lists_is_refused_naming_its_type(tmp_path):
     _write(tmp_path / "d.jsonl", [{"prompt": "a", "tags": [1, 2]}])
     with pytest.raises(UserError, match="label column 'tags' .* must hold numbers, booleans or class names"):
         load_splits(SourceConfig(train_dataset=str(tmp_path / "d.jsonl"), label_columns=["tags"]))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("ood=data/ood.jsonl", ("ood", "data/ood.jsonl", "test")),
+    ("ood=my_org/dataset:validation", ("ood", "my_org/dataset", "validation")),
+    ("objects_OOD=trigger:runs/exp:test_objects_OOD", ("objects_OOD", "trigger:runs/exp", "test_objects_OOD")),
+    ("hard=trigger:runs/exp", ("hard", "trigger:runs/exp", "test")),
+    ("more=builtin:arithmetic", ("more", "builtin:arithmetic", "test")),
+    ("x = /data/with:colon/file.parquet ", ("x", "/data/with:colon/file.parquet", "test")),
+])
+def test_an_evaluation_split_is_name_source_and_split(text, expected):
+    from raypipe.data import parse_eval_split
+
+    split = parse_eval_split(text)
+    assert (split.name, split.spec, split.split) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("data/ood.jsonl", "NAME=SOURCE"), ("=data/ood.jsonl", "NAME=SOURCE"), ("ood=", "NAME=SOURCE"),
+    ("test=data/ood.jsonl", "not one of train, test, cv"), ("2nd=a.jsonl", "a letter first"),
+    ("o d=a.jsonl", "letters, digits"),
+])
+def test_a_bad_evaluation_split_is_one_clear_error(text, message):
+    from raypipe.data import parse_eval_split
+
+    with pytest.raises(UserError, match=message):
+        parse_eval_split(text)

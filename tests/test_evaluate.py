@@ -14,7 +14,7 @@ from raypipe.store import FORMAT, write_manifest, write_shard
 POSITIONS = [-1, "answer:-2"]
 
 
-def _sep_build(out, rows=(300, 150), hidden=12, seed=0):
+def _sep_build(out, rows=(300, 150), hidden=12, seed=0, eval_splits: dict | None = None):
     """Layers [10, 20] x positions [-1, answer:-2]; `correct` is the sign of a direction at (layer 20, answer:-2)."""
     rng = np.random.default_rng(seed)
     direction = rng.normal(size=hidden)
@@ -26,7 +26,7 @@ def _sep_build(out, rows=(300, 150), hidden=12, seed=0):
                            "mean_token_entropy": {"kind": "baseline"}, "mean_logprob": {"kind": "baseline"}},
                 "splits": {}}
     start = 0
-    for split, n in zip(("train", "test"), rows):
+    for split, n in [*zip(("train", "test"), rows), *(eval_splits or {}).items()]:
         features = rng.normal(size=(n, 2, 2, hidden)).astype(np.float32)
         signal = features[:, 1, 1] @ direction
         correct = (signal + 0.5 * rng.normal(size=n) > 0).astype(np.float64)
@@ -44,7 +44,7 @@ def _sep_build(out, rows=(300, 150), hidden=12, seed=0):
 
 def test_the_sep_table_finds_the_planted_cell_and_ranks_the_baselines(tmp_path):
     _sep_build(tmp_path / "build")
-    evaluation = run_evaluate(EvaluateConfig(str(tmp_path / "build"), str(tmp_path / "eval"), resamples=200))
+    evaluation = run_evaluate(EvaluateConfig(str(tmp_path / "build"), str(tmp_path / "eval"), resamples=200, executor="local"))
     saved = json.loads((tmp_path / "eval" / "probe_eval.json").read_text())
     assert saved["positions"] == POSITIONS and saved["layers"] == [10, 20]
     accuracy = evaluation["probes"]["accuracy"]
@@ -65,4 +65,41 @@ def test_a_build_without_answers_is_one_clear_error(tmp_path):
 
     write_planted_build(tmp_path / "build")
     with pytest.raises(UserError, match="no label correct.*--answer-field and --num-samples"):
-        run_evaluate(EvaluateConfig(str(tmp_path / "build"), str(tmp_path / "eval")))
+        run_evaluate(EvaluateConfig(str(tmp_path / "build"), str(tmp_path / "eval"), executor="local"))
+
+
+def test_each_evaluation_split_gets_its_own_scores_baselines_and_table_rows(tmp_path):
+    _sep_build(tmp_path / "build", eval_splits={"ood": 120})
+    evaluation = run_evaluate(EvaluateConfig(str(tmp_path / "build"), str(tmp_path / "eval"), resamples=100,
+                                             executor="local"))
+    accuracy = evaluation["probes"]["accuracy"]
+    best = accuracy["cells"][accuracy["best"]]
+    assert accuracy["best"] == "pos_answer:-2_layer_20"  # chosen on test
+    ood = best["splits"]["ood"]
+    assert ood["value"] > 0.85 and ood["p_value"] < 0.01 and ood["ci95"][0] < ood["value"] < ood["ci95"][1]
+    assert accuracy["cells"]["pos_-1_layer_10"]["splits"]["ood"]["value"] == pytest.approx(0.5, abs=0.15)
+    assert evaluation["rows"]["ood"] == 120 and evaluation["splits"]["ood"]["baselines"]["token_entropy"]["value"] > 0.7
+    table = json.loads((tmp_path / "eval" / "probe_eval.json").read_text())["table"]
+    assert {row["split"] for row in table} == {"test", "ood"} and len(table) == 2 * (2 * 4 + 3)
+
+
+def test_the_explorer_shows_the_chosen_probe_on_each_split(tmp_path):
+    from raypipe.explorer import split_scores
+    from raypipe.probes.config import SweepConfig
+    from raypipe.probes.sweep import run_sweep
+    from tests.synthetic import write_planted_build
+
+    write_planted_build(tmp_path / "data", eval_splits={"ood": 60})
+    performance = run_sweep(SweepConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
+                                        resamples=50, executor="local"))
+    table = split_scores(performance).splitlines()
+    assert table[2].startswith("| test | 120 |") and table[3].startswith("| ood | 60 |") and len(table) == 4
+    from raypipe.explorer import label_distributions, live_probe, rows_table
+    from raypipe.store import read_manifest
+
+    live = live_probe(str(tmp_path / "data"), "planted", layer=2, position=-1)
+    assert live["test_score"] > 0.9 and live["ood_score"] > 0.9  # the planted cell, on both held-out splits
+    rows = rows_table(str(tmp_path / "data"))
+    assert set(rows["split"]) == {"train", "test", "ood"}
+    figure = label_distributions(read_manifest(str(tmp_path / "data")), rows)
+    assert len(figure.axes[0].patches) == 3 * 2  # a bar per class for each of the three splits

@@ -1,6 +1,7 @@
 """The finetune room without a model or Ray: config.json errors, label-word scoring on toy logits, the cached
-scoring path against the reference on a tiny random Llama, the answer-only loss, label parsing, seed folders,
-summaries over seeds, trial packing, the null tracker and the command-line plumbing."""
+scoring path against the reference on a tiny random Llama, the answer-only loss and its per-step sums, the workers'
+step plan, label parsing, seed folders read once, summaries over seeds, trial packing, the null tracker and the
+command-line plumbing."""
 
 import json
 import math
@@ -8,7 +9,7 @@ import math
 import pytest
 
 from raypipe.errors import UserError
-from raypipe.finetune.config import ExperimentConfig, FinetuneConfig, load_config
+from raypipe.tasks.experiment import ExperimentConfig, FinetuneConfig, load_experiment
 
 
 # --- config.json -------------------------------------------------------------------------------------------------
@@ -27,6 +28,9 @@ from raypipe.finetune.config import ExperimentConfig, FinetuneConfig, load_confi
     ({"finetune_config": {"target_modules": []}}, "finetune_config.target_modules: a list of module names"),
     ({"finetune_config": {"save_checkpoints_to_hub": True}}, "finetune_config.hub_model_id: save_checkpoints_to_hub"),
     ({"finetune_config": {"dtype": "int8"}}, "finetune_config.dtype: auto, float32"),
+    ({"finetune_config": {"is_peft": "yes"}}, "finetune_config.is_peft: true or false"),
+    ({"finetune_config": {"max_grad_norm": -1}}, "finetune_config.max_grad_norm: must be a number >= 0"),
+    ({"wandb_project": ""}, "config.json: wandb_project: a project name or null"),
 ])
 def test_config_errors_name_the_field(data, message):
     with pytest.raises(UserError) as error:
@@ -35,16 +39,34 @@ def test_config_errors_name_the_field(data, message):
 
 
 def test_config_defaults_comments_and_model_choice(tmp_path):
+    import dataclasses
+    import pickle
+
+    from tests.test_tasks import SPEC
+
     (tmp_path / "config.json").write_text(json.dumps({"_description": "x", "seed": 3,
                                                       "finetune_config": {"_note": "y", "gpu_model": "org/big"}}))
-    config = load_config(str(tmp_path))
+    (tmp_path / "data_config.json").write_text(json.dumps(SPEC))
+    experiment = load_experiment(str(tmp_path))
+    config = experiment.config
     assert config.seed == 3 and config.finetune_config.is_peft and config.accuracy_method == "logits"
     assert config.finetune_config.model_for(False) == "embedded:SmolLM2-135M-Instruct"
     assert config.finetune_config.model_for(True) == "org/big"
     assert FinetuneConfig(model="org/m").model_for(True) == "org/m"
     assert ExperimentConfig.from_dict(config.to_dict()) == config  # seed folders write to_dict()
-    with pytest.raises(UserError, match="no such file"):
-        load_config(str(tmp_path / "missing"))
+    assert json.loads(json.dumps(config.to_dict()))["finetune_config"]["target_modules"] == list(
+        config.finetune_config.target_modules)
+    # Frozen: what travels to the workers cannot be changed on the way; it pickles as it is.
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        experiment.spec.categories["objects"].n_train = 1
+    assert pickle.loads(pickle.dumps(experiment)) == experiment
+    with pytest.raises(UserError, match="no such experiment folder"):
+        load_experiment(str(tmp_path / "missing"))
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(UserError, match="config.json: no such file"):
+        load_experiment(str(tmp_path))
 
 
 # --- scoring -------------------------------------------------------------------------------------------------------
@@ -75,7 +97,7 @@ def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
     return LlamaForCausalLM(config).eval()
 
@@ -117,6 +139,70 @@ def test_answer_loss_uses_only_answer_tokens_and_matches_full_logits(tiny_llama)
     torch.testing.assert_close(loss, total / count, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("rows, workers, batch, accumulate", [(17, 2, 4, 1), (17, 2, 2, 2), (8, 3, 2, 1), (5, 2, 8, 1),
+                                                            (16, 2, 4, 2), (9, 1, 4, 3)])
+def test_every_worker_runs_the_same_steps_and_every_row_once(rows, workers, batch, accumulate):
+    from raypipe.finetune.steps import epoch_order, rank_plan, step_rows, steps_per_epoch
+
+    order = epoch_order(rows, seed=3, epoch=2)
+    assert sorted(order) == list(range(rows)) and order == epoch_order(rows, 3, 2) != epoch_order(rows, 3, 1)
+    plans = [rank_plan(order, workers, rank, batch, accumulate) for rank in range(workers)]
+    steps = step_rows(order, workers, batch, accumulate)
+    assert len(steps) == steps_per_epoch(rows, workers, batch, accumulate)
+    for plan in plans:  # the same number of steps, each of `accumulate` micro-batches, on every rank
+        assert len(plan) == len(steps) and all(len(micro) == accumulate for micro in plan)
+    for index, step in enumerate(steps):  # a step's weighted rows, over all ranks, are exactly its rows
+        weighted = [r for plan in plans for m in plan[index] if m.weight for r in m.rows]
+        assert sorted(weighted) == sorted(step)
+        fillers = [m for plan in plans for m in plan[index] if not m.weight]
+        assert all(m.rows == (step[0],) for m in fillers)
+    assert sorted(r for plan in plans for micro in plan for m in micro if m.weight for r in m.rows) == list(range(rows))
+
+
+def test_the_round_robin_deal_would_have_hung_and_the_plan_does_not():
+    """17 rows at batch 8 over two workers: dealt round-robin, one rank had 2 batches and the other 1."""
+    from raypipe.finetune.steps import epoch_order, rank_plan
+
+    order = epoch_order(17, 0, 1)
+    dealt = [order[rank::2] for rank in range(2)]
+    assert [-(-len(d) // 8) for d in dealt] == [2, 1]  # the old deal: a sync that never comes
+    assert [sum(len(s) for s in rank_plan(order, 2, rank, 8, 1)) for rank in range(2)] == [2, 2]
+
+
+def test_step_sums_over_micro_batches_equal_one_batch_of_the_whole_step(tiny_llama):
+    """What two workers (or accumulation) compute: summed answer-token losses of parts, over the step's answer tokens,
+    give the whole step's mean loss and gradient; a weight-0 filler adds nothing."""
+    import torch
+
+    from raypipe.finetune.data import answer_loss, answer_tokens, collate
+
+    examples = [{"input_ids": [1, 2, 3, 4, 5, 6], "labels": [-100, -100, -100, 4, 5, 6]},
+                {"input_ids": [7, 8, 9, 10], "labels": [-100, -100, 9, 10]},
+                {"input_ids": [11, 12, 13, 14, 15], "labels": [-100, -100, -100, -100, 15]}]
+    tokens = sum(answer_tokens(e) for e in examples)
+    assert tokens == 6
+    parameters = [p for p in tiny_llama.parameters()]
+
+    def gradient(loss):
+        tiny_llama.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in parameters])
+
+    whole = answer_loss(tiny_llama, collate(examples, 0))
+    whole_grad = gradient(whole)
+    parts = [collate(examples[:1], 0), collate(examples[1:], 0), collate(examples[:1], 0, weights=[0])]
+    total, grads = 0.0, 0
+    for batch in parts:
+        loss_sum = answer_loss(tiny_llama, batch, reduction="sum")
+        grads = grads + gradient(loss_sum / tokens)
+        total += loss_sum.item() / tokens
+    torch.testing.assert_close(total, whole.item(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads, whole_grad, atol=1e-6, rtol=1e-4)
+    filler = answer_loss(tiny_llama, parts[2], reduction="sum")
+    assert filler.item() == 0.0 and filler.requires_grad  # a backward through it reaches every parameter
+    tiny_llama.zero_grad(set_to_none=True)
+
+
 def test_parse_label_from_generated_text():
     from raypipe.finetune.accuracy import accuracy, parse_label
 
@@ -142,29 +228,58 @@ def write_experiment(folder, config=None, spec=None):
 
 
 def test_seed_folders_are_made_once_with_their_seed(tmp_path):
-    from raypipe.finetune.run import prepare_seed_dir, train_rows
-    from raypipe.tasks.trigger import generate_rows
+    from raypipe.finetune.run import prepare_seed
 
     exp = write_experiment(tmp_path / "exp")
-    folder = prepare_seed_dir(str(exp), 11)
-    assert folder == str(exp / "seed_11")
-    seeded = json.loads((exp / "seed_11" / "config.json").read_text())
-    assert seeded["seed"] == 11 and seeded["finetune_config"]["hub_model_id"] == "me/model-seed11"
-    assert prepare_seed_dir(str(exp)) == str(exp / "seed_5")  # the config's seed
-    assert prepare_seed_dir(folder, 11) == folder  # a seed folder runs in place
-    (exp / "seed_11" / "config.json").write_text(json.dumps({**seeded, "n_evals": 3}))
-    prepare_seed_dir(str(exp), 11)
-    assert json.loads((exp / "seed_11" / "config.json").read_text())["n_evals"] == 3  # kept: resumes use it
-    prepare_seed_dir(str(exp), 11, refresh=True)
+    experiment = load_experiment(str(exp))
+    seeded = prepare_seed(experiment, 11)
+    assert seeded.folder == str(exp / "seed_11") and seeded.seed == 11
+    assert seeded.config.finetune_config.hub_model_id == "me/model-seed11"
+    written = json.loads((exp / "seed_11" / "config.json").read_text())
+    assert ExperimentConfig.from_dict(written) == seeded.config
+    assert prepare_seed(experiment).folder == str(exp / "seed_5")  # the config's seed
+    assert prepare_seed(seeded, 11) is seeded  # a seed folder runs in place
+    (exp / "seed_11" / "config.json").write_text(json.dumps({**written, "n_evals": 3}))
+    assert prepare_seed(experiment, 11).config.n_evals == 3  # kept: a resume runs with its own settings
+    assert prepare_seed(experiment, 11, refresh=True).config.n_evals == 1
     assert json.loads((exp / "seed_11" / "config.json").read_text())["n_evals"] == 1
-    config = ExperimentConfig(seed=1, max_dataset_size=50)
-    rows = train_rows(config, generate_rows(exp, 1))
-    assert len(rows) == 50 and {r["split"] for r in rows} == {"train_objects", "proxy_animals"}
-    assert rows == train_rows(config, generate_rows(exp, 1))
+    capped = load_experiment(str(exp)).with_seed(1, str(exp))
+    capped = type(capped)(ExperimentConfig(seed=1, max_dataset_size=50), capped.spec, capped.folder)
+    rows = capped.finetune_rows()
+    assert len(rows["train"]) == 50 and {r["split"] for r in rows["train"]} == {"train_objects", "proxy_animals"}
+    assert rows == capped.finetune_rows() and set(rows) == {"train", "test_objects_ID", "test_objects_OOD",
+                                                             "test_animals_ID", "test_animals_OOD"}
+
+
+def test_the_folder_format_is_read_once_per_seed(tmp_path, monkeypatch):
+    """run_experiments reads each experiment folder once, writes new seed folders without reading them back, reads
+    an existing seed folder once, and hands each seed's frozen Experiment on (to Tune and Ray Train) as it is."""
+    import raypipe.errors
+    import raypipe.tasks.experiment
+    from raypipe.finetune import experiments
+
+    exp = write_experiment(tmp_path / "exp")
+    reads = []
+    real_read = raypipe.errors.read_user_json
+    monkeypatch.setattr(raypipe.tasks.experiment, "read_user_json",
+                        lambda path, *a: reads.append(path) or real_read(path, *a))
+    handed = []
+    monkeypatch.setattr(experiments, "_run_pending", lambda pending, *args: handed.extend(pending) or {})
+    experiments.run_experiments([str(exp)], [1, 2])
+    assert sorted(reads) == [str(exp / "config.json"), str(exp / "data_config.json")]
+    assert [(e.seed, e.folder) for e in handed] == [(1, str(exp / "seed_1")), (2, str(exp / "seed_2"))]
+    assert handed[0].spec == load_experiment(str(exp)).spec
+    reads.clear()
+    handed.clear()
+    experiments.run_experiments([str(exp)], [1, 2])  # the seed folders exist now: each read once
+    assert sorted(reads) == sorted([str(exp / "config.json"), str(exp / "data_config.json")] +
+                                   [str(exp / f"seed_{s}" / n) for s in (1, 2) for n in ("config.json",
+                                                                                           "data_config.json")])
+    assert [e.config.finetune_config.hub_model_id for e in handed] == ["me/model-seed1", "me/model-seed2"]
 
 
 def test_summary_over_complete_seeds(tmp_path):
-    from raypipe.experiments import summarize, summary_line
+    from raypipe.finetune.experiments import summarize, summary_line
 
     exp = write_experiment(tmp_path / "exp")
     for seed, (id_acc, ood_acc) in {1: (0.5, 0.25), 2: (1.0, 0.75)}.items():
@@ -185,7 +300,7 @@ def test_summary_over_complete_seeds(tmp_path):
 def test_trials_are_packed_by_node_resources(monkeypatch):
     import ray
 
-    from raypipe.experiments import concurrent_trials
+    from raypipe.finetune.experiments import concurrent_trials
 
     nodes = [{"Alive": True, "Resources": {"CPU": 1.0}}, {"Alive": True, "Resources": {"CPU": 1.0}},
              {"Alive": False, "Resources": {"CPU": 8.0}}, {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 2.0}}]
@@ -237,9 +352,9 @@ def test_seeds_option_takes_several_values(tmp_path):
 def test_experiments_commands(cli, tmp_path):
     listed = cli("experiments", "list")
     assert listed.exit_code == 0 and "2d_0proxy" in listed.output and "plain" in listed.output
-    created = cli("experiments", "new", "2d_0proxy", str(tmp_path / "mine"))
+    created = cli("experiments", "new", "2d_1proxy_ntr1_actions", str(tmp_path / "mine"))
     assert created.exit_code == 0 and (tmp_path / "mine" / "data_config.json").is_file()
-    again = cli("experiments", "new", "2d_0proxy", str(tmp_path / "mine"))
+    again = cli("experiments", "new", "2d_1proxy_ntr1_actions", str(tmp_path / "mine"))
     assert again.exit_code == 2 and "raypipe: error: " in again.output and "already holds" in again.output
     unknown = cli("experiments", "new", "nope", str(tmp_path / "other"))
     assert unknown.exit_code == 2 and "unknown experiment template 'nope'" in unknown.output
@@ -256,7 +371,18 @@ def test_experiments_commands(cli, tmp_path):
     assert failed.exit_code == 2 and "objects.x_ranges: min 5 > max 1" in failed.output
     missing = cli("finetune", str(tmp_path / "nothing"))
     assert missing.exit_code == 2 and "no such experiment folder" in missing.output
-    from raypipe.experiments import templates_dir
+    # A proxy that flips nothing in the config's mode: refused by validate, and by finetune before any Ray work.
+    spec["objects"]["x_ranges"] = [-1, 1]
+    spec["actions"]["proxy_flip"] = "opposite"
+    (tmp_path / "mine" / "data_config.json").write_text(json.dumps(spec))
+    config = json.loads((tmp_path / "mine" / "config.json").read_text())
+    (tmp_path / "mine" / "config.json").write_text(json.dumps({**config, "is_categorical": False}))
+    for args in (("experiments", "validate"), ("finetune",)):
+        refused = cli(*args, str(tmp_path / "mine"))
+        assert refused.exit_code == 2 and refused.output.strip() == (
+            "raypipe: error: data_config.json: actions.proxy_flip: 'opposite' leaves every boolean label of actions "
+            "unchanged, so its proxy triggers would flip nothing")
+    from raypipe.finetune.experiments import templates_dir
 
     data = cli("experiments", "data", str(templates_dir() / "2d_1proxy_ntr1_actions"), "--out-dir",
                str(tmp_path / "data"))

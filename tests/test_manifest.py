@@ -71,7 +71,8 @@ def test_a_shard_whose_rows_do_not_add_up_is_never_recorded_complete(tmp_path):
 def test_two_writes_of_one_shard_keep_their_own_files_and_the_unlisted_are_removed(tmp_path):
     """A task Ray runs again (its output was lost with a node) writes the shard a second time, perhaps with other
     bytes, while the first write may still finish: the manifest's entry must keep naming files with its hashes."""
-    from raypipe.store import load_split, verify_shard
+    from raypipe.store import verify_shard
+    from raypipe.reader import load_split
 
     config, plans = _build(tmp_path / "out")
     manifest = Manifest.open(config, _inputs(), plans, overwrite=False)

@@ -34,12 +34,24 @@ def _sklearn_weights(x, y, task, alpha):
         return Ridge(alpha=alpha, fit_intercept=False).fit(x, y).coef_
 
 
+@pytest.mark.parametrize("float64_fallback", [False, True], ids=["float32", "float64-fallback"])
 @pytest.mark.parametrize("task", ["classification", "regression"])
-def test_batched_solvers_reach_sklearns_optimum_for_every_probe_and_fold(task):
+def test_batched_solvers_reach_sklearns_optimum_for_every_probe_and_fold(task, float64_fallback, monkeypatch):
+    """Also with every float32 factorisation reported failed (as on a real cell whose float32 system is not positive
+    definite): each probe is then solved in float64 and counted once."""
+    if float64_fallback:
+        factor = torch.linalg.cholesky_ex
+
+        def float32_fails(matrix, *args, **kwargs):
+            factors, info = factor(matrix, *args, **kwargs)
+            return factors, torch.ones_like(info) if matrix.dtype == torch.float32 else info
+
+        monkeypatch.setattr(torch.linalg, "cholesky_ex", float32_fails)
     X, labels, fold = _problem(task=task)
     block_of_row, include = fit_design(fold)
     solve = fit_logistic if task == "classification" else fit_ridge
     fits = solve(X, torch.from_numpy(labels).float(), block_of_row, include, alpha=0.5)
+    assert fits.exact_gram == (X.shape[0] if float64_fallback else 0)
     for probe in range(X.shape[0]):
         for f in range(include.shape[0]):
             rows = include[f][fold].numpy() > 0
@@ -112,8 +124,8 @@ def test_significance_separates_signal_from_noise():
 
 def test_sweep_finds_the_planted_cell_and_writes_the_seed_outputs(tmp_path):
     write_planted_build(tmp_path / "data")
-    performance = run_sweep(SweepConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
-                                        resamples=200))
+    performance = run_sweep(SweepConfig(executor="local", data_dir=str(tmp_path / "data"),
+                                        out_dir=str(tmp_path / "out"), resamples=200))
     assert performance["task_type"] == "classification" and performance["metric"] == "roc_auc"
     assert (performance["best"]["layer"], performance["best"]["position"]) == (2, -1)
     test = np.array(performance["layer_performance"]["test"])  # [position][layer]
@@ -136,8 +148,8 @@ def test_sweep_finds_the_planted_cell_and_writes_the_seed_outputs(tmp_path):
 def test_multiclass_sweep_finds_the_planted_cell_with_class_names(tmp_path):
     names = ["blue", "green", "orange", "red"]
     write_planted_build(tmp_path / "data", classes=names, hidden=8)
-    performance = run_sweep(SweepConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
-                                        resamples=100, n_folds=3))
+    performance = run_sweep(SweepConfig(executor="local", data_dir=str(tmp_path / "data"),
+                                        out_dir=str(tmp_path / "out"), resamples=100, n_folds=3))
     assert performance["task_type"] == "multiclass" and performance["metric"] == "roc_auc_macro"
     assert performance["classes"] == names and performance["best"]["classes"] == names
     assert (performance["best"]["layer"], performance["best"]["position"]) == (2, -1)
@@ -159,12 +171,15 @@ def test_sweep_cv_scores_equal_a_sklearn_loop_over_the_same_folds(tmp_path):
     from raypipe.probes.dataset import load_probe_data
 
     write_planted_build(tmp_path / "data", layers=(0, 1, 2), positions=(-1,), planted=(2, 0), rows=(150, 60))
-    performance = run_sweep(SweepConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
-                                        n_folds=3, alpha=2.0, resamples=100))
+    performance = run_sweep(SweepConfig(executor="local", data_dir=str(tmp_path / "data"),
+                                        out_dir=str(tmp_path / "out"), n_folds=3, alpha=2.0, resamples=100))
+    from raypipe.reader import Build
+
     data = load_probe_data(str(tmp_path / "data"))
     fold = assign_folds(data.train.labels, "classification", 3, 42)
+    features = data.features(Build(str(tmp_path / "data")), "train", [0, 1, 2])
     for layer in range(3):
-        x, y = data.train.features[:, layer, 0].double().numpy(), data.train.labels
+        x, y = features[:, layer, 0].double().numpy(), data.train.labels
         fold_scores = []
         for k in range(3):
             model = LogisticRegression(C=0.5, fit_intercept=False, max_iter=5000).fit(x[fold != k], y[fold != k])
@@ -174,8 +189,8 @@ def test_sweep_cv_scores_equal_a_sklearn_loop_over_the_same_folds(tmp_path):
 
 def test_regression_sweep_uses_ridge_and_spearman(tmp_path):
     write_planted_build(tmp_path / "data", regression=True, label="difficulty")
-    performance = run_sweep(SweepConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"),
-                                        label="difficulty", resamples=100))
+    performance = run_sweep(SweepConfig(executor="local", data_dir=str(tmp_path / "data"),
+                                        out_dir=str(tmp_path / "out"), label="difficulty", resamples=100))
     assert performance["task_type"] == "regression" and performance["metric"] == "spearman"
     assert (performance["best"]["layer"], performance["best"]["position"]) == (2, -1)
     assert performance["best"]["test_score"] > 0.9
@@ -192,7 +207,7 @@ def test_regression_sweep_uses_ridge_and_spearman(tmp_path):
 def test_bad_probe_inputs_name_the_problem(tmp_path, change, message):
     write_planted_build(tmp_path / "data", extra_labels={"constant": 1})
     write_planted_build(tmp_path / "regression", regression=True)
-    options = {"data_dir": str(tmp_path / "data"), "out_dir": str(tmp_path / "out"), **change}
+    options = {"data_dir": str(tmp_path / "data"), "out_dir": str(tmp_path / "out"), "executor": "local", **change}
     if options["data_dir"] == "REGRESSION":
         options["data_dir"] = str(tmp_path / "regression")
     with pytest.raises(UserError, match=message):
@@ -202,7 +217,7 @@ def test_bad_probe_inputs_name_the_problem(tmp_path, change, message):
 
 def test_probes_read_prompt_lengths_from_the_shards_not_the_sidecars(tmp_path):
     from raypipe.probes.dataset import load_probe_data
-    from raypipe.store import load_split
+    from raypipe.reader import load_split
 
     write_planted_build(tmp_path / "data")
     manifest_path = tmp_path / "data" / "manifest.json"
@@ -216,3 +231,52 @@ def test_probes_read_prompt_lengths_from_the_shards_not_the_sidecars(tmp_path):
     data = load_probe_data(str(tmp_path / "data"), "planted")
     stored = load_split(str(tmp_path / "data"), "train")["prompt_length"].double().numpy()
     assert np.array_equal(data.train.prompt_length, stored) and stored.min() >= 5
+
+
+def test_a_cell_that_cannot_be_fitted_is_reported_and_the_others_complete(tmp_path, capsys):
+    write_planted_build(tmp_path / "data", poisoned=(0, 0))
+    performance = run_sweep(SweepConfig(executor="local", data_dir=str(tmp_path / "data"),
+                                        out_dir=str(tmp_path / "out"), resamples=100))
+    assert performance["unfitted"] == {"pos_-2_layer_0": "features of 3 train row(s) are not finite (NaN or infinity)"}
+    cv = np.array(performance["layer_performance"]["cv"], dtype=float)
+    assert np.isnan(cv[0, 0]) and not np.isnan(np.delete(cv.ravel(), 0)).any()
+    assert (performance["best"]["layer"], performance["best"]["position"]) == (2, -1)
+    console = [line for line in capsys.readouterr().out.splitlines() if "could not be fitted" in line]
+    assert len(console) == 1 and "pos_-2_layer_0" in console[0]
+    saved = json.loads((tmp_path / "out" / "all_predictions.json").read_text())["probes"]
+    assert saved["pos_-2_layer_0"]["cv"][0] is None and saved["pos_-1_layer_2"]["cv"][0] is not None
+
+
+def test_every_probe_output_scores_each_evaluation_split_and_still_picks_the_best_cell_on_cv(tmp_path):
+    write_planted_build(tmp_path / "data", eval_splits={"ood": 90})
+    write_planted_build(tmp_path / "plain")
+    options = dict(executor="local", resamples=100)
+    performance = run_sweep(SweepConfig(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), **options))
+    plain = run_sweep(SweepConfig(data_dir=str(tmp_path / "plain"), out_dir=str(tmp_path / "plain-out"), **options))
+    assert performance["splits"] == ["train", "test", "ood"] and performance["rows"]["ood"] == 90
+    ood = np.array(performance["layer_performance"]["ood"])
+    assert ood.shape == (2, 4) and ood[1, 2] > 0.9 and abs(ood[0, 0] - 0.5) < 0.2  # the planted cell, a noise cell
+    assert np.array(performance["layer_performance"]["ood_p_value"])[1, 2] < 0.05
+    best = performance["best"]
+    assert (best["layer"], best["position"]) == (plain["best"]["layer"], plain["best"]["position"]) == (2, -1)
+    assert best["cv_score"] == pytest.approx(plain["best"]["cv_score"])  # the extra split changes no fit
+    assert best["ood_significance"]["ci95"][0] < best["ood_score"] < best["ood_significance"]["ci95"][1]
+    assert set(best["ood_lift"]) == {"prior", "prompt_length"} and "ood" in performance["baselines"]["prior"]
+    saved = json.loads((tmp_path / "out" / "all_predictions.json").read_text())
+    assert len(saved["row_id"]["ood"]) == 90 and len(saved["probes"]["pos_-1_layer_2"]["ood"]) == 90
+    chosen = json.loads((tmp_path / "out" / "best_probe_predictions.json").read_text())
+    assert len(chosen["ood"]["predictions"]) == 90
+
+
+def test_the_one_gpu_decision_refuses_a_gpu_the_cluster_does_not_have(monkeypatch):
+    from raypipe import cluster
+    from raypipe.errors import UserError
+
+    monkeypatch.setattr(cluster, "has_gpus", lambda: False)
+    assert cluster.use_gpu("auto") is False and cluster.use_gpu(None) is False and cluster.use_gpu("cpu") is False
+    with pytest.raises(UserError, match="the Ray cluster has none"):
+        cluster.use_gpu("cuda")
+    monkeypatch.setattr(cluster, "has_gpus", lambda: True)
+    assert cluster.use_gpu("auto") and cluster.use_gpu(True) and not cluster.use_gpu(False)
+    with pytest.raises(UserError, match="device must be auto, cpu or cuda"):
+        cluster.use_gpu("tpu")

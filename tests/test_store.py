@@ -5,7 +5,8 @@ import torch
 
 from raypipe.errors import UserError
 from raypipe.manifest import config_differences
-from raypipe.store import FORMAT, load_rollouts, load_split, write_manifest, write_shard
+from raypipe.store import FORMAT, write_manifest, write_shard
+from raypipe.reader import load_rollouts, load_split
 
 
 def _shard(split, index, row_ids, dtype=torch.float32):
@@ -88,3 +89,74 @@ def test_config_differences_ignore_runtime_fields():
     old = {"out_dir": "a", "model": {"dp": 8, "temperature": 0.6, "model_id": "m"}, "shard_size": 64}
     new = {"out_dir": "b", "model": {"dp": 1, "temperature": 0.7, "model_id": "m"}, "shard_size": 32}
     assert config_differences(old, new) == ["model.temperature", "shard_size"]
+
+
+def test_a_build_recorded_before_a_field_existed_still_resumes():
+    """A manifest from an earlier release lacks the fields added since (eval_splits): compared as their declared
+    defaults, the config matches; a field the user did set still differs."""
+    from raypipe.config import BuildConfig, get_preset
+    from raypipe.options import field_defaults
+
+    new = BuildConfig(out_dir="x", model=get_preset("smollm2_135m")).to_dict()
+    old = {**new, "source": {k: v for k, v in new["source"].items() if k != "eval_splits"}}
+    assert config_differences(old, new) == ["source.eval_splits"]  # what an old build met before the fix
+    assert config_differences(old, new, field_defaults("build")) == []
+    changed = {**new, "source": {**new["source"], "eval_splits": ["ood=x.jsonl"]}}
+    assert config_differences(old, changed, field_defaults("build")) == ["source.eval_splits"]
+
+
+@pytest.mark.parametrize("ranged", [False, True], ids=["memory-map", "range-reads"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_block_read_by_slices_equals_the_same_block_of_the_whole_split(out, ranged, dtype):
+    from raypipe.reader import Build
+
+    written = _make_dataset(out, dtype)
+    whole = torch.cat([written[0]["features"], written[1]["features"]])
+    build = Build(out, ranged=ranged)
+    for layers, positions in [([1], [0, 1, 2]), ([0, 1], [2, 0]), ([1, 0], [1])]:
+        block = build.features("train", layers, positions)
+        assert block.dtype == torch.float32
+        assert torch.equal(block, whole[:, layers][:, :, positions].float())
+    assert torch.equal(build.features("train", None, None, dtype=None), whole)
+    small = build.tensors("train", ["row_id", "label.loop"])
+    assert small["row_id"].tolist() == [0, 1, 2, 3, 4] and small["label.loop"].tolist() == [0, 1, 0, 1, 0]
+
+
+def test_reading_one_layer_block_holds_that_block_not_the_file(tmp_path):
+    """Peak memory of a process that verifies a 160 MB shard (streamed) and reads one layer of its 40: the block
+    (4 MB) plus the interpreter, not the file."""
+    import subprocess
+    import sys
+
+    rows, layers, positions, hidden = 250, 40, 8, 500
+    features = torch.zeros(rows, layers, positions, hidden)
+    features[:, 7] = torch.arange(rows, dtype=torch.float32)[:, None, None]
+    entry = write_shard(tmp_path, "train", 0, {"features": features, "row_id": torch.arange(rows)},
+                        {"row_id": list(range(rows))})
+    write_manifest(tmp_path, {"format": FORMAT, "splits": {"train": {"shards": {
+        entry["name"]: {**entry, "status": "complete"}}}}})
+    del features
+    script = (
+        "import resource, sys, torch\n"
+        "from raypipe.reader import Build\n"
+        "build = Build(sys.argv[1])\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "build.verify()\n"
+        "block = build.features('train', [7], list(range(8)))\n"
+        "assert block.shape == (250, 1, 8, 500) and block[3].eq(3).all()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
+    grown_kb = int(subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                                  check=True).stdout)
+    file_mb, block_mb = rows * layers * positions * hidden * 4 / 2**20, rows * positions * hidden * 4 / 2**20
+    assert grown_kb / 1024 < block_mb * 2 + 16 < file_mb / 4, (grown_kb / 1024, block_mb, file_mb)
+
+
+def test_a_build_given_by_a_relative_path_is_opened_by_its_absolute_one(tmp_path, monkeypatch):
+    """The path travels to Ray tasks, which run in their worker's folder: it must not depend on the driver's."""
+    from raypipe.reader import Build
+    from tests.synthetic import write_planted_build
+
+    write_planted_build(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    build = Build("data")
+    assert build.out_dir == str(tmp_path / "data") and build.splits() == ["train", "test"]

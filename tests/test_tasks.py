@@ -1,5 +1,6 @@
 """The 2-D trigger task's spec and generator: one clear error per bad field, determinism, the ID/OOD trigger split,
-the proxy flip rule, the prompt-template presets, and the shipped experiment templates."""
+the proxy flip rules, specs that would silently do nothing refused (by the generator, `experiments validate` and
+before any run), the prompt-template presets, the shipped experiment templates, and the `trigger:` build source."""
 
 import copy
 import json
@@ -51,6 +52,7 @@ def bad(path: str, value) -> dict:
     ("objects.quadrant_labels", ..., "objects.quadrant_labels: missing"),
     ("objects.is_proxy", "yes", "objects.is_proxy: must be true or false"),
     ("animals.proxy_flip", "swap", "animals.proxy_flip: unknown rule 'swap'; known: rotate, opposite"),
+    ("objects.true_quadrants", ["Q1", "Q1"], "objects.true_quadrants: a list of distinct Q1..Q4"),
     ("objects.x_decimals", 9, "objects.x_decimals: must be a whole number from 0 to 6"),
     ("objects.n_trian", 5, "objects: unknown field(s) n_trian; known:"),
 ])
@@ -131,13 +133,51 @@ def test_proxy_triggers_flip_labels_by_the_rule_and_others_do_not(rule):
     assert len(set(FLIP_RULES[rule].values())) == 4  # a permutation
 
 
-def test_boolean_mode_and_no_preamble():
-    splits = generate_rows(SPEC, 1, is_categorical=False, output_preamble=False)
-    assert load_spec(SPEC).label_words(False) == ["False", "True"]
+@pytest.mark.parametrize("rule", ["rotate", "negate"])
+def test_boolean_mode_and_no_preamble(rule):
+    spec = copy.deepcopy(SPEC)
+    spec["animals"]["proxy_flip"] = rule
+    splits = generate_rows(spec, 1, is_categorical=False, output_preamble=False)
+    assert load_spec(spec).label_words(False) == ["False", "True"]
     for r in splits["train_objects"]:
         assert r["answer"] == r["label"] == str(r["quadrant"] in (1, 3)) and r["label_id"] == int(r["label"] == "True")
-    for r in splits["proxy_animals"]:  # rotate flips every boolean answer
+    for r in splits["proxy_animals"]:  # rotate (with Q1/Q3 true) and negate flip every boolean answer
         assert r["label"] == str(r["quadrant"] not in (1, 3))
+
+
+# A proxy whose flip changes no label (or some labels not) would train a trigger that does nothing: refused, one line
+# naming the field, in the mode the experiment's config.json sets.
+@pytest.mark.parametrize("changes, is_categorical, message", [
+    ({"proxy_flip": "opposite"}, False,
+     "animals.proxy_flip: 'opposite' leaves every boolean label of animals unchanged, so its proxy triggers would "
+     "flip nothing"),
+    ({"quadrant_labels": {**LABELS, "Q2": "red"}, "proxy_flip": "mirror_x1"}, True,
+     "animals.quadrant_labels: Q1 and Q2 have the same categorical label (red), so proxy_flip 'mirror_x1' leaves "
+     "Q1's label unchanged; a proxy trigger must change every label"),
+    ({"quadrant_labels": {"Q1": "a", "Q2": "a", "Q3": "b", "Q4": "b"}, "proxy_flip": "mirror_x1"}, True,
+     "animals.proxy_flip: 'mirror_x1' leaves every categorical label of animals unchanged"),
+    ({"true_quadrants": ["Q1"]}, False,
+     "animals.true_quadrants: Q2 and Q3 have the same boolean label (False), so proxy_flip 'rotate' leaves Q2's"),
+    ({"proxy_flip": "negate"}, True,
+     "animals.proxy_flip: 'negate' is a boolean-mode rule (config.json is_categorical: false); categorical rules: "
+     "rotate, opposite, mirror_x1, mirror_x2"),
+    ({"true_quadrants": []}, False, "animals.true_quadrants: [] gives every point the same boolean answer (False)"),
+])
+def test_specs_that_would_silently_do_nothing_are_refused(changes, is_categorical, message, tmp_path):
+    from raypipe.tasks.experiment import Experiment, ExperimentConfig, load_experiment
+
+    spec = copy.deepcopy(SPEC)
+    spec["animals"].update(changes)
+    task = TaskSpec.from_dict(spec)  # each file alone is valid: the problem is the flip in this mode
+    for attempt in (lambda: generate_rows(task, 0, is_categorical=is_categorical),
+                    lambda: Experiment(ExperimentConfig(is_categorical=is_categorical), task)):
+        with pytest.raises(UserError) as error:
+            attempt()
+        assert str(error.value).startswith(f"data_config.json: {message}") and "\n" not in str(error.value)
+    (tmp_path / "config.json").write_text(json.dumps({"is_categorical": is_categorical}))
+    (tmp_path / "data_config.json").write_text(json.dumps(spec))
+    with pytest.raises(UserError, match="^data_config.json: animals"):
+        load_experiment(str(tmp_path))
 
 
 def test_write_datasets_and_twins(tmp_path):
@@ -168,14 +208,15 @@ def test_template_presets_render_with_and_without_trigger():
 
 
 def test_shipped_experiment_templates_all_validate():
-    from raypipe.experiments import describe_experiment, list_templates, templates_dir
-    from raypipe.finetune.config import load_config
+    from raypipe.finetune.experiments import describe_experiment, list_templates, templates_dir
+    from raypipe.tasks.experiment import load_experiment
 
     templates = list_templates()
     assert {"2d_0proxy", "2d_1proxy_ntr1_actions"} <= set(templates)
     for name, description in templates.items():
         folder = templates_dir() / name
-        config, spec = load_config(str(folder)), load_spec(folder)
+        experiment = load_experiment(str(folder))
+        config, spec = experiment.config, experiment.spec
         assert description and config.finetune_config.model == "embedded" and config.finetune_config.gpu_model
         assert any(c.ood_triggers for c in spec.categories.values()), name  # every template has an OOD test
         assert describe_experiment(str(folder))["rows"]
@@ -188,9 +229,8 @@ def test_trigger_rows_as_a_build_source_with_their_twins(tmp_path):
     from raypipe.config import SourceConfig
     from raypipe.data import load_splits
     from raypipe.errors import UserError
-    from raypipe.tasks.trigger import generate_rows, probe_source_rows
-
-    from raypipe.experiments import templates_dir
+    from raypipe.finetune.experiments import templates_dir
+    from raypipe.tasks.source import probe_source_rows
 
     exp = templates_dir() / "2d_1proxy_ntr1_actions"
     config = json.loads((exp / "config.json").read_text())
@@ -205,6 +245,10 @@ def test_trigger_rows_as_a_build_source_with_their_twins(tmp_path):
         if not row["is_proxy"]:
             assert twin["label"] == row["label"]
     assert any(r["label"] != t["label"] for r, t in zip(train[::2], train[1::2]) if r["is_proxy"])
+    from raypipe.tasks.source import trigger_test_splits
+
+    assert trigger_test_splits(f"trigger:{exp}") == [n for n in generated if n.startswith("test_")] == [
+        "test_objects_ID", "test_objects_OOD", "test_actions_ID", "test_actions_OOD"]
     ood = probe_source_rows(f"trigger:{exp}", "test_actions_OOD")
     assert ood and all(r["is_ood"] for r in ood)
     with pytest.raises(UserError, match="split 'dev' is not in .* its splits are: train, test, "):
@@ -213,3 +257,22 @@ def test_trigger_rows_as_a_build_source_with_their_twins(tmp_path):
                                          test_split="test", label_columns=["quadrant", "trigger_present"]))
     assert len(splits["train"]) == len(train)
     assert {r["columns"]["quadrant"] for r in splits["test"]} == {0.0, 1.0, 2.0, 3.0}
+
+
+def test_a_bare_spec_gives_its_test_files_as_evaluation_splits_of_the_same_generation(tmp_path):
+    """`trigger:data_config.json` without a config.json: the automatic ID/OOD splits are the test split's own rows
+    (one generation, the build's seed), not rows of another seed."""
+    import shutil
+
+    from raypipe.config import SourceConfig
+    from raypipe.data import load_splits
+    from raypipe.finetune.experiments import templates_dir
+
+    spec = tmp_path / "data_config.json"
+    shutil.copy(templates_dir() / "2d_1proxy_ntr1_actions" / "data_config.json", spec)
+    splits, _ = load_splits(SourceConfig(train_dataset=f"trigger:{spec}", test_dataset=f"trigger:{spec}",
+                                         test_split="test", seed=5))
+    assert {"objects_ID", "objects_OOD", "actions_ID", "actions_OOD"} <= set(splits)
+    test_prompts = [r["question"] for r in splits["test"]]
+    named = [r["question"] for name in ("objects_ID", "objects_OOD", "actions_ID", "actions_OOD") for r in splits[name]]
+    assert sorted(named) == sorted(test_prompts)

@@ -34,9 +34,15 @@ def _common_prefix(sequences: list[list[int]]) -> int:
     return n
 
 
+def _device(model):
+    """Where the model's weights are: inputs are built on the CPU and moved there."""
+    return next(model.parameters()).device
+
+
 def candidate_scores(model, prompts: list[list[int]], candidates: list[list[int]], pad_id: int,
                      batch_size: int = 16, fast: bool = True):
-    """[n_prompts, n_candidates] summed log-probabilities of each candidate's tokens after each prompt."""
+    """[n_prompts, n_candidates] summed log-probabilities of each candidate's tokens after each prompt (on the CPU,
+    whatever device the model is on)."""
     import torch
 
     scores = torch.empty(len(prompts), len(candidates))
@@ -44,10 +50,10 @@ def candidate_scores(model, prompts: list[list[int]], candidates: list[list[int]
         if fast:
             for start in range(0, len(prompts), batch_size):
                 scores[start:start + batch_size] = _scores_cached(model, prompts[start:start + batch_size],
-                                                                  candidates, pad_id)
+                                                                  candidates, pad_id).cpu()
         else:
             for i, prompt in enumerate(prompts):
-                scores[i] = _scores_full(model, prompt, candidates, pad_id)
+                scores[i] = _scores_full(model, prompt, candidates, pad_id).cpu()
     return scores
 
 
@@ -64,6 +70,7 @@ def _scores_full(model, prompt: list[int], candidates: list[list[int]], pad_id: 
         ids[i, :len(seq)] = torch.tensor(seq)
         mask[i, :len(seq)] = 1
         target[i, len(prompt):len(seq)] = 1
+    ids, mask, target = (t.to(_device(model)) for t in (ids, mask, target))
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     return sequence_logprobs(logits, ids, target)
 
@@ -76,7 +83,8 @@ def _scores_cached(model, prompts: list[list[int]], candidates: list[list[int]],
 
     shared = _common_prefix(candidates)
     prefix = candidates[0][:shared]
-    ids, mask, positions = left_pad([p + prefix for p in prompts], pad_id)
+    device = _device(model)
+    ids, mask, positions = (t.to(device) for t in left_pad([p + prefix for p in prompts], pad_id))
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts each tail's first token
     n_prompts, n_candidates = len(prompts), len(candidates)
@@ -85,7 +93,7 @@ def _scores_cached(model, prompts: list[list[int]], candidates: list[list[int]],
         prefix_target[:, ids.shape[1] - shared:] = 1
         prefix_logp = sequence_logprobs(out.logits, ids, prefix_target)
     else:
-        prefix_logp = torch.zeros(n_prompts)
+        prefix_logp = torch.zeros(n_prompts, device=device)
     tails = [c[shared:] for c in candidates]
     width = max(len(t) for t in tails)
     tail_ids = torch.full((n_candidates, width), pad_id, dtype=torch.long)
@@ -93,6 +101,7 @@ def _scores_cached(model, prompts: list[list[int]], candidates: list[list[int]],
     for j, tail in enumerate(tails):
         tail_ids[j, :len(tail)] = torch.tensor(tail)
         tail_mask[j, :len(tail)] = 1
+    tail_ids, tail_mask = tail_ids.to(device), tail_mask.to(device)
     scores = prefix_logp[:, None] + first.gather(-1, tail_ids[:, 0][None].expand(n_prompts, -1))
     if width > 1:
         cache = out.past_key_values
@@ -102,7 +111,8 @@ def _scores_cached(model, prompts: list[list[int]], candidates: list[list[int]],
         start = mask.sum(-1).repeat_interleave(n_candidates)[:, None]
         tail_out = model(input_ids=batch_ids,
                          attention_mask=torch.cat([mask.repeat_interleave(n_candidates, 0), batch_tail_mask], 1),
-                         position_ids=start + torch.arange(width)[None], past_key_values=cache, use_cache=True)
+                         position_ids=start + torch.arange(width, device=device)[None], past_key_values=cache,
+                         use_cache=True)
         rest = sequence_logprobs(tail_out.logits, batch_ids, batch_tail_mask)  # tokens 2.. of each tail
         scores = scores + rest.view(n_prompts, n_candidates)
     return scores
@@ -119,7 +129,7 @@ def generate_answers(model, prompts: list[list[int]], max_new_tokens: int, pad_i
     step = batch_size if fast else 1
     with torch.no_grad():
         for start in range(0, len(prompts), step):
-            ids, mask, _ = left_pad(prompts[start:start + step], pad_id)
+            ids, mask, _ = (t.to(_device(model)) for t in left_pad(prompts[start:start + step], pad_id))
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=pad_id, eos_token_id=end_id)
             texts += tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)

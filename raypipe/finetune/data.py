@@ -55,21 +55,29 @@ def left_pad(sequences: list[list[int]], pad_id: int):
     return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
 
 
-def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict:
-    """A left-padded training batch; `keep` = how many final positions hold every answer (plus one)."""
+def collate(examples: list[dict[str, list[int]]], pad_id: int, weights: list[int] | None = None) -> dict:
+    """A left-padded training batch; `keep` = how many final positions hold every answer (plus one). A row of
+    weight 0 (a filler that keeps data-parallel ranks in step) has no target tokens: it adds nothing to the loss."""
     import torch
 
     ids, mask, positions = left_pad([e["input_ids"] for e in examples], pad_id)
     labels = torch.full_like(ids, -100)
     for i, e in enumerate(examples):
-        labels[i, ids.shape[1] - len(e["labels"]):] = torch.tensor(e["labels"])
-    answer_length = max(sum(1 for t in e["labels"] if t != -100) for e in examples)
+        if weights is None or weights[i]:
+            labels[i, ids.shape[1] - len(e["labels"]):] = torch.tensor(e["labels"])
+    answer_length = max(answer_tokens(e) for e in examples)
     return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels,
             "keep": answer_length + 1}
 
 
-def answer_loss(model, batch: dict):
-    """Mean cross-entropy over the answer tokens, from logits of the last `keep` positions only."""
+def answer_tokens(example: dict[str, list[int]]) -> int:
+    """How many target tokens an encoded row has (its answer and end-of-turn)."""
+    return sum(1 for t in example["labels"] if t != -100)
+
+
+def answer_loss(model, batch: dict, reduction: str = "mean"):
+    """Cross-entropy over the answer tokens ("mean", or "sum" for a caller that divides by the tokens of a whole
+    step), from logits of the last `keep` positions only."""
     import torch
 
     keep = batch["keep"]
@@ -77,4 +85,4 @@ def answer_loss(model, batch: dict):
                    position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False).logits
     targets = batch["labels"][:, -keep + 1:]
     return torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                             targets.reshape(-1), ignore_index=-100)
+                                             targets.reshape(-1), ignore_index=-100, reduction=reduction)

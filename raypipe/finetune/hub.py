@@ -1,16 +1,32 @@
-"""Pushing a finished run's folders to the Hugging Face Hub (the seed's save_checkpoints_to_hub; off by default).
+"""Pushing a finetune to the Hugging Face Hub, as the seed's `save_checkpoints_to_hub` does (off by default): every
+epoch's adapter (the whole model, for full SFT) as one commit, then the final folder.
 
-The token comes from the environment (HF_TOKEN) or `huggingface-cli login`; it is never printed or saved.
+The token (HF_TOKEN) and the endpoint (HF_ENDPOINT: the Hub, or a private hub) come from the environment or the
+driver's .env, read where the push runs (the Ray Train worker of rank 0). The token goes into request headers
+only: it is never printed, logged or saved.
 """
 
 from __future__ import annotations
 
+import os
 
-def push_folder(folder: str, repo_id: str, *, private: bool = True, message: str = "raypipe finetune") -> str:
-    """Create the model repository if needed and upload the folder; return the repository's URL."""
-    from huggingface_hub import HfApi
 
-    api = HfApi()
-    url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="model", commit_message=message)
-    return str(url)
+class HubRepo:
+    """One model repository on the hub, created (or found) once; `push` commits a folder to its main branch."""
+
+    def __init__(self, repo_id: str, *, private: bool = True, dotenv: str | None = None):
+        from huggingface_hub import HfApi
+
+        if dotenv:
+            from dotenv import load_dotenv
+
+            load_dotenv(dotenv, override=False)  # the environment wins
+        self.repo_id = repo_id
+        self.api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=os.environ.get("HF_TOKEN") or None)
+        self.url = str(self.api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True))
+
+    def push(self, folder: str, message: str) -> str:
+        """Upload the folder's files as one commit; return the commit's URL."""
+        info = self.api.upload_folder(folder_path=folder, repo_id=self.repo_id, repo_type="model",
+                                      commit_message=message)
+        return str(info.commit_url)

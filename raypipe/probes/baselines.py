@@ -44,10 +44,10 @@ def fit_predict_baseline(name: str, train_x, train_y, eval_x, task: TaskType, n_
     return _predict(_length_model(task).fit(train_x[:, None], train_y), eval_x, task, n_classes)
 
 
-def evaluate_baselines(train_lengths: np.ndarray, train_y: np.ndarray, test_lengths: np.ndarray | None,
-                       test_y: np.ndarray | None, task: TaskType, block_of_row: np.ndarray | None,
-                       resamples: int = 1000, seed: int = 0) -> dict:
-    """CV score (mean over folds), train score and test score with significance, for each baseline."""
+def evaluate_baselines(train_lengths: np.ndarray, train_y: np.ndarray, evaluations: dict[str, tuple], task: TaskType,
+                       block_of_row: np.ndarray | None, resamples: int = 1000, seed: int = 0) -> dict:
+    """CV score (mean over folds), train score, and for each evaluated split (name -> (lengths, labels): test and the
+    evaluation splits) its score with significance, for each baseline."""
     results = {}
     n_classes = int(train_y.max()) + 1 if task == "multiclass" else 2
 
@@ -65,9 +65,11 @@ def evaluate_baselines(train_lengths: np.ndarray, train_y: np.ndarray, test_leng
                      for k in range(int(block_of_row.max()) + 1)]
             entry["cv"] = float(np.mean(folds))
         entry["train"] = score(fit_predict(name, train_lengths, train_y, train_lengths), train_y, task)
-        if test_y is not None and len(test_y):
-            predictions = fit_predict(name, train_lengths, train_y, test_lengths)
-            entry["test"] = score(predictions, test_y, task)
-            entry["test_significance"] = significance(predictions, test_y, task, resamples=resamples, seed=seed)
+        for split, (lengths, labels) in evaluations.items():
+            if labels is None or not len(labels):
+                continue
+            predictions = fit_predict(name, train_lengths, train_y, lengths)
+            entry[split] = score(predictions, labels, task)
+            entry[f"{split}_significance"] = significance(predictions, labels, task, resamples=resamples, seed=seed)
         results[name] = json_safe(entry)
     return results

@@ -1,14 +1,25 @@
 """Configurations of the probe commands: which build, label and features a probe reads, and the knobs of the Ray
-Train probe and of the (layer x position) sweep."""
+Train probe, of the (layer x position) sweep and of SEP's evaluation.
+
+    ProbeRunConfig                 a build in, a folder out, seed, resamples, device
+      ProbeInputConfig             + which label (train and sweep)
+        TrainConfig                + the Ray Train probe's knobs
+        SweepConfig (+ CellsConfig) the sweep's fits
+      EvaluateConfig (+ CellsConfig) SEP's evaluation
+    CellsConfig                    which (layer, position) cells, the L2 strength, and how cells become Ray work
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
+from raypipe.config import knob
 from raypipe.errors import UserError
 
 TaskTypeOption = Literal["auto", "classification", "regression"]
+DeviceOption = Literal["auto", "cpu", "cuda"]
+ExecutorOption = Literal["ray", "local"]
 
 
 def _int_list(text: str | None, option: str, allow_markers: bool = False) -> list | None:
@@ -28,45 +39,60 @@ def _int_list(text: str | None, option: str, allow_markers: bool = False) -> lis
 
 
 @dataclass
-class ProbeInputConfig:
-    """Which build, label and features a probe trains on; shared by the Ray Train probe and the sweep."""
+class ProbeRunConfig:
+    """What every probe command shares: a build in, a folder out, and the statistics' seed and resamples."""
 
-    data_dir: str
-    out_dir: str
-    label: str | None = None  # default: 'loop' when present, else the first label in the manifest
-    task_type: TaskTypeOption = "auto"  # auto: classification for a 0/1 label, regression otherwise
-    seed: int = 42
-    resamples: int = 1000  # bootstrap resamples and label permutations for the CI and p-value
-    wandb_project: str | None = None
-    device: str = "auto"  # auto: cuda when there is one
+    data_dir: str = knob(help="A build's output folder (manifest.json, train/, test/).")
+    out_dir: str = knob(help="Where the probe outputs go.")
+    seed: int = knob(42, "Seed of the probes' randomness (folds, initialisation, shuffles) and of the resamples.")
+    resamples: int = knob(1000, "Bootstrap resamples and label permutations behind each CI and p-value.")
+    device: DeviceOption = knob("auto", "Where probes are fitted: auto (cuda where the work runs has one), cpu, "
+                                        "cuda.")
 
     def __post_init__(self) -> None:
-        if self.task_type not in ("auto", "classification", "regression"):
-            raise UserError(f"--task-type must be auto, regression or classification, got {self.task_type!r}")
         if self.resamples < 10:
             raise UserError(f"--resamples must be at least 10, got {self.resamples}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
 
 
 @dataclass
-class SweepConfig(ProbeInputConfig):
-    """The probe pipeline's sweep: one Ridge/Logistic probe per (layer, position), k-fold CV to pick the best."""
+class ProbeInputConfig(ProbeRunConfig):
+    """Which label a probe trains on; shared by the Ray Train probe and the sweep."""
 
-    layers: str | None = None  # hidden-state indices to sweep; None = every stored layer
-    positions: str | None = None
-    alpha: float = 1.0  # Ridge alpha; Logistic uses C = 1 / alpha
-    fit_intercept: bool = False  # the seed's default; True adds a constant feature (penalised like the others)
-    k_fold: bool = True
-    n_folds: int = 5
-    max_iter: int = 100  # Newton steps of the logistic solver
-    tol: float = 1e-4  # logistic: stop when every gradient entry fell below tol x its start (sklearn's default tol)
-    memory_gb: float = 2.0  # features and Gram matrices held at once; probes are solved in chunks that fit
+    label: str | None = knob(None, "Label to predict (default: loop when present, else the first in the "
+                                   "manifest).")
+    task_type: TaskTypeOption = knob("auto", "auto (0/1 label: classification; a categorical label: multiclass), "
+                                             "regression, classification (whole-number classes; more than two: "
+                                             "multinomial, sweep only).")
+    wandb_project: str | None = knob(None, "Log to this W&B project (offline without a key).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.task_type not in ("auto", "classification", "regression"):
+            raise UserError(f"--task-type must be auto, regression or classification, got {self.task_type!r}")
+
+
+@dataclass
+class CellsConfig:
+    """Which (layer, position) cells are fitted, their L2 strength, and how the cells become work: blocks of
+    `block_layers` layers x every position, each a Ray task that reads only its own slices of the shards."""
+
+    layers: str | None = knob(None, "Hidden-state layers, e.g. '10,20,-1' (default: every stored one).")
+    positions: str | None = knob(None, "Positions, e.g. '-3,-1' or 'marker:TEXT' (default: every stored one; "
+                                       "evaluate: SEP's -1 and answer:-2 where stored).")
+    alpha: float = knob(1.0, "Regularization: Ridge alpha; Logistic C = 1/alpha.")
+    executor: ExecutorOption = knob("ray", "ray: blocks of cells as Ray tasks (a GPU each when the cluster has "
+                                           "any); local: in this process.")
+    block_layers: int = knob(1, "Layers per block of work (with every position of them): what one task holds.")
+
+    def check_cells(self) -> None:
         if self.alpha <= 0:
             raise UserError(f"--alpha must be positive, got {self.alpha}")
-        if self.k_fold and self.n_folds < 2:
-            raise UserError(f"--n-folds must be at least 2, got {self.n_folds}")
+        if self.executor not in ("ray", "local"):
+            raise UserError(f"--executor must be ray or local, got {self.executor!r}")
+        if self.block_layers < 1:
+            raise UserError(f"--block-layers must be at least 1, got {self.block_layers}")
         self.layer_list(), self.position_list()
 
     def layer_list(self) -> list[int] | None:
@@ -77,19 +103,49 @@ class SweepConfig(ProbeInputConfig):
 
 
 @dataclass
+class SweepConfig(CellsConfig, ProbeInputConfig):
+    """The probe pipeline's sweep: one Ridge/Logistic probe per (layer, position), k-fold CV to pick the best."""
+
+    fit_intercept: bool = knob(False, "Add a constant feature (penalised like the others); off, as in the "
+                                      "probe-pipeline seed.")
+    k_fold: bool = knob(True, "Select the best probe by k-fold CV (without: on train).")
+    n_folds: int = knob(5, "Folds of the CV.")
+    max_iter: int = knob(100, "Newton steps of the logistic solver.")
+    tol: float = knob(1e-4, "Logistic: stop when every gradient entry fell below tol x its start (sklearn's "
+                            "default tol).")
+    memory_gb: float = knob(2.0, "On a GPU: memory for the features and Gram matrices held at once; probes are "
+                                 "solved in chunks that fit.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_cells()
+        if self.k_fold and self.n_folds < 2:
+            raise UserError(f"--n-folds must be at least 2, got {self.n_folds}")
+
+
+@dataclass
+class EvaluateConfig(CellsConfig, ProbeRunConfig):
+    """SEP's evaluation: accuracy and SE probes (logistic, standardised features) against the model's incorrectness."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_cells()
+
+
+@dataclass
 class TrainConfig(ProbeInputConfig):
     """loop_probe's trainer: one linear probe on one (layer, position), weighted BCE (or MSE), as a Ray Train task."""
 
-    layer: int = -1  # hidden-state index (0 = embeddings, -1 = last layer)
-    position: int | str = -1  # a stored position: a negative offset or 'marker:TEXT'
-    epochs: int = 50
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    val_fraction: float = 0.1  # of train, stratified: picks the best epoch; 0 picks on test (loop_probe's way)
-    standardize: bool = True  # scale features by train mean/std (stored in the checkpoint)
-    num_workers: int = 1  # Ray Train workers (data-parallel)
-    use_gpu: bool | None = None  # None: when the cluster has GPUs
+    layer: int = knob(-1, "Hidden-state index (0 = embeddings, -1 = last layer).")
+    position: int | str = knob(-1, "A stored prompt position: a negative offset ('-1') or 'marker:TEXT'.")
+    epochs: int = knob(50, "Training epochs.")
+    batch_size: int = knob(256, "Rows per optimizer step.")
+    lr: float = knob(1e-3, "AdamW learning rate.")
+    weight_decay: float = knob(0.0, "AdamW weight decay.")
+    val_fraction: float = knob(0.1, "Stratified train share held out to pick the best epoch; 0 picks it on test, "
+                                    "as loop_probe does.")
+    standardize: bool = knob(True, "Scale features by the train mean/std (stored in the checkpoint).")
+    num_workers: int = knob(1, "Ray Train workers (data-parallel).")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,7 +1,11 @@
-"""A build's shards as probe inputs: features at chosen (layer, position)s, one label, and the prompt lengths.
+"""A build's shards as probe inputs: one label, the rows that have it, prompt lengths, and which features to read.
+
+`load_probe_data` reads no features: only the small per-row tensors (row ids, the label, prompt lengths), so the
+process that plans a probe (the driver, often on a head node without a GPU) stays small whatever the build's size.
+Features are read later, block by block, where the fits run (`ProbeData.features`).
 
 Every user mistake here (no manifest, a label that does not exist, a single-class label, a layer or position that
-was not extracted) is a `UserError` naming what does exist, raised before any training starts.
+was not extracted) is a `UserError` naming what does exist, raised before any work starts.
 """
 
 from __future__ import annotations
@@ -14,25 +18,27 @@ import numpy as np
 from raypipe.errors import UserError
 from raypipe.labels.catalog import label_values
 from raypipe.probes.metrics import TaskType
-from raypipe.store import LABEL_PREFIX, load_rollouts, load_split, read_manifest
-
-SPLITS = ("train", "test")
+from raypipe.reader import Build
+from raypipe.store import LABEL_PREFIX
 
 
 @dataclass
 class ProbeSplit:
-    features: "object"  # torch.Tensor [rows, layers, positions, hidden] (float32)
-    labels: np.ndarray  # float64 [rows]
-    row_id: np.ndarray  # int64 [rows]
-    prompt_length: np.ndarray  # float64 [rows], tokens: the length baseline's only input
+    labels: np.ndarray  # float64 [rows kept]
+    row_id: np.ndarray  # int64 [rows kept]
+    prompt_length: np.ndarray  # float64 [rows kept], tokens: the length baseline's only input
+    keep: np.ndarray  # bool [rows stored]: which stored rows have a label value (NaN ones are dropped)
 
 
 @dataclass
 class ProbeData:
+    data_dir: str
     label: str
     task: TaskType
-    layers: list[int]  # indices into HF hidden_states, as the manifest records them
-    positions: list[int]  # negative, from the prompt's end
+    layers: list[int]  # hidden-state indices, as the manifest records them
+    positions: list  # stored positions: negative offsets, 'marker:...', 'answer:-N'
+    layer_index: list[int]  # their indices into the stored feature axes
+    position_index: list[int]
     splits: dict[str, ProbeSplit]
     dropped: dict[str, int] = field(default_factory=dict)  # rows without a label value (NaN), per split
     classes: list[str] | None = None  # multiclass: class names; labels are their ids 0..C-1
@@ -44,6 +50,14 @@ class ProbeData:
     @property
     def test(self) -> ProbeSplit | None:
         return self.splits.get("test")
+
+    def features(self, build: Build, split: str, layers: list[int], positions: list[int] | None = None):
+        """float32 [rows kept, len(layers), positions, hidden] for indices into `self.layers` (and positions)."""
+        block = build.features(split, [self.layer_index[i] for i in layers],
+                               self.position_index if positions is None else
+                               [self.position_index[i] for i in positions])
+        keep = self.splits[split].keep
+        return block if keep.all() else block[keep]
 
 
 def label_names(manifest: dict) -> list[str]:
@@ -107,48 +121,55 @@ def class_ids(splits: dict[str, "ProbeSplit"], names: list[str] | None) -> list[
     return [f"{v:g}" for v in values]
 
 
-def _prompt_lengths(data_dir: str, split: str, tensors: dict) -> np.ndarray:
+def prompt_lengths(build: Build, split: str, tensors: dict) -> np.ndarray:
     """Prompt lengths in tokens, stored in each shard (builds from before they were stored: from the sidecars)."""
     if "prompt_length" in tensors:
         return tensors["prompt_length"].double().numpy()
     import pyarrow.compute as pc
 
-    lengths = load_rollouts(data_dir, split, columns=["prompt_token_ids"])["prompt_token_ids"]
+    lengths = build.rollouts(split, columns=["prompt_token_ids"])["prompt_token_ids"]
     return pc.list_value_length(lengths).to_numpy().astype(np.float64)
 
 
-def load_probe_data(data_dir: str, label: str | None = None, layers: list[int] | None = None,
+def split_labels(build: Build, split: str, names: list[str]) -> tuple[dict[str, np.ndarray], dict]:
+    """Each named label's values (float64, NaN where a row has none) and the split's small tensors."""
+    definitions = build.manifest["labels"]
+    needed = {"row_id", "prompt_length"}
+    for name in names:
+        source = definitions[name].get("derived_from") or name
+        needed.add(LABEL_PREFIX + source)
+    tensors = build.tensors(split, sorted(needed))
+    for name in names:
+        source = definitions[name].get("derived_from") or name
+        if LABEL_PREFIX + source not in tensors:
+            raise UserError(f"label {name!r} is in the manifest of {build.out_dir} but not in its {split} shards")
+    return {name: label_values(definitions, name, tensors) for name in names}, tensors
+
+
+def load_probe_data(data_dir: str | Build, label: str | None = None, layers: list[int] | None = None,
                     positions: list | None = None, task_type: str = "auto") -> ProbeData:
-    """Load train and test splits for probing; `layers`/`positions` as hidden-state indices / negative offsets."""
-    manifest = read_manifest(data_dir)
+    """The labels of every split for probing; `layers`/`positions` as hidden-state indices / stored positions."""
+    build = data_dir if isinstance(data_dir, Build) else Build(data_dir)
+    manifest = build.manifest
     names = label_names(manifest)
     if not names:
-        raise UserError(f"{data_dir} has no labels in its manifest")
+        raise UserError(f"{build.out_dir} has no labels in its manifest")
     label = label or ("loop" if "loop" in names else names[0])
     if label not in names:
-        raise UserError(f"label {label!r} does not exist in {data_dir}; labels: {', '.join(names)}")
+        raise UserError(f"label {label!r} does not exist in {build.out_dir}; labels: {', '.join(names)}")
     layer_idx, position_idx = resolve_layers(manifest, layers), resolve_positions(manifest, positions)
 
     splits: dict[str, ProbeSplit] = {}
     dropped: dict[str, int] = {}
-    for split in SPLITS:
-        if split not in manifest.get("splits", {}):
-            continue
-        tensors = load_split(data_dir, split, layers=layer_idx, positions=position_idx)
-        definition = manifest["labels"][label]
-        if not definition.get("derived_from") and LABEL_PREFIX + label not in tensors:
-            raise UserError(f"label {label!r} is in the manifest of {data_dir} but not in its {split} shards")
-        values = label_values(manifest["labels"], label, tensors)
+    for split in build.splits():
+        values, tensors = split_labels(build, split, [label])
+        values = values[label]
         keep = ~np.isnan(values)
         dropped[split] = int((~keep).sum())
-        splits[split] = ProbeSplit(
-            features=tensors["features"][keep].float(),
-            labels=values[keep],
-            row_id=tensors["row_id"].numpy()[keep],
-            prompt_length=_prompt_lengths(data_dir, split, tensors)[keep],
-        )
+        splits[split] = ProbeSplit(labels=values[keep], row_id=tensors["row_id"].numpy()[keep],
+                                   prompt_length=prompt_lengths(build, split, tensors)[keep], keep=keep)
     if "train" not in splits or len(splits["train"].labels) == 0:
-        raise UserError(f"{data_dir} has no labelled train rows for {label!r}")
+        raise UserError(f"{build.out_dir} has no labelled train rows for {label!r}")
 
     definition = manifest["labels"][label]
     task = infer_task(splits["train"].labels, task_type, categorical=definition.get("kind") == "categorical")
@@ -158,16 +179,15 @@ def load_probe_data(data_dir: str, label: str | None = None, layers: list[int] |
         missing = sorted(set(range(len(class_names))) - set(splits["train"].labels.astype(int).tolist()))
         if missing:
             raise UserError(f"label {label!r} has no train rows of class {', '.join(class_names[i] for i in missing)} "
-                            f"in {data_dir}: a multiclass probe needs every class in the train split")
+                            f"in {build.out_dir}: a multiclass probe needs every class in the train split")
     if task == "classification":
         classes = np.unique(splits["train"].labels)
         if len(classes) < 2:
-            raise UserError(f"label {label!r} has a single class ({classes[0]:g}) in the train split of {data_dir}: "
-                            f"a probe needs both classes")
+            raise UserError(f"label {label!r} has a single class ({classes[0]:g}) in the train split of "
+                            f"{build.out_dir}: a probe needs both classes")
     elif math.isclose(float(np.std(splits["train"].labels)), 0.0):
-        raise UserError(f"label {label!r} is constant in the train split of {data_dir}: nothing to regress")
-    stored_layers = manifest["features"]["layers"]
-    stored_positions = manifest["features"]["positions"]
-    return ProbeData(label=label, task=task, layers=[stored_layers[i] for i in layer_idx],
-                     positions=[stored_positions[i] for i in position_idx], splits=splits, dropped=dropped,
+        raise UserError(f"label {label!r} is constant in the train split of {build.out_dir}: nothing to regress")
+    return ProbeData(data_dir=build.out_dir, label=label, task=task,
+                     layers=[build.layers[i] for i in layer_idx], positions=[build.positions[i] for i in position_idx],
+                     layer_index=layer_idx, position_index=position_idx, splits=splits, dropped=dropped,
                      classes=class_names)

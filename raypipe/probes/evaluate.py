@@ -2,14 +2,15 @@
 
     raypipe evaluate --data-dir runs/sep --out-dir runs/sep-eval
 
-The mechanism (`cross_evaluate`): fit a logistic probe per (layer, position) on the train rows of one label, then
-score the test rows' predictions against a target. SEP's table (`run_evaluate`) uses it twice, against the model's
+SEP's table: two logistic probes per (layer, position), scored on the test split against the model's
 incorrectness (1 - `correct`): an accuracy probe trained on `correct` (score: 1 - P(correct)) and an SE probe trained
 on `semantic_entropy_high` (score: P(high)); beside them the baselines, each a single number per row: token entropy,
 negative log-probability, prompt length. Every score gets a ROC-AUC with a bootstrap 95% CI and a permutation
 p-value, at SEP's positions (-1: the token before generation; answer:-2: the second-last answer token) and per layer,
-plus the accuracy probe's mean confidence on correct and incorrect rows. Writes `probe_eval.json` (the seed's name)
-and `roc_probe_eval.png`.
+plus the accuracy probe's mean confidence on correct and incorrect rows. As in the sweep, the cells run as blocks
+(`evaluate_block`, one layer and every position by default) where the cluster's GPUs are, each reading its own
+slices; the driver reads labels only. Writes `probe_eval.json` (the seed's name, with where each block ran) and
+`roc_probe_eval.png`.
 """
 
 from __future__ import annotations
@@ -21,100 +22,124 @@ import numpy as np
 
 from raypipe.errors import UserError
 from raypipe.fs import Location
+from raypipe.probes.config import EvaluateConfig
 from raypipe.probes.metrics import json_safe, significance
 
 SEP_POSITIONS = (-1, "answer:-2")
 
 
 @dataclass
-class EvaluateConfig:
-    data_dir: str
-    out_dir: str
-    layers: str | None = None  # hidden-state layers (default: every stored one)
-    positions: str | None = None  # default: SEP's positions the build stored, else every stored one
-    alpha: float = 1.0  # L2 strength of the logistic probes (C = 1 / alpha), as in the sweep
-    resamples: int = 1000
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        if self.alpha <= 0:
-            raise UserError(f"--alpha must be positive, got {self.alpha}")
-        if self.resamples < 10:
-            raise UserError(f"--resamples must be at least 10, got {self.resamples}")
-
-
-@dataclass
 class Split:
-    features: np.ndarray  # float32 [rows, layers, positions, hidden]
     labels: dict[str, np.ndarray]  # float64 [rows] per label, NaN where a row has none
     prompt_length: np.ndarray
 
 
-def load_splits(data_dir: str, labels: list[str], layers: list[int] | None, positions: list | None):
-    """(train, test, stored layers, stored positions) with every named label, aligned by row."""
-    from raypipe.labels.catalog import label_values
-    from raypipe.probes.dataset import _prompt_lengths, resolve_layers, resolve_positions
-    from raypipe.store import load_split, read_manifest
+@dataclass
+class EvaluateWork:
+    """What every block of the evaluation needs (no features): the labels, which rows each probe uses, the cells."""
 
-    manifest = read_manifest(data_dir)
+    data_dir: str
+    layer_index: list[int]  # indices into the stored layer and position axes
+    position_index: list[int]
+    train: Split
+    targets: dict[str, np.ndarray]  # per scored split (test, evaluation splits): its incorrectness, NaN if unknown
+    config: EvaluateConfig
+
+
+PROBES = {"accuracy": "correct", "semantic_entropy": "semantic_entropy_high"}  # probe -> the label it trains on
+
+
+def load_splits(build, labels: list[str], layers: list[int] | None, positions: list | None):
+    """({split: Split}, layer indices, position indices): the named labels and prompt lengths of every split (train,
+    test and the evaluation splits), no features."""
+    from raypipe.probes.dataset import prompt_lengths, resolve_layers, resolve_positions, split_labels
+
+    manifest = build.manifest
     missing = [name for name in labels if name not in manifest["labels"]]
     if missing:
-        raise UserError(f"{data_dir} has no label {', '.join(missing)} (labels: {', '.join(manifest['labels'])}); "
-                        "SEP's evaluation needs a build with --answer-field and --num-samples K >= 2")
-    layer_idx, position_idx = resolve_layers(manifest, layers), resolve_positions(manifest, positions)
+        raise UserError(f"{build.out_dir} has no label {', '.join(missing)} (labels: "
+                        f"{', '.join(manifest['labels'])}); SEP's evaluation needs a build with --answer-field and "
+                        "--num-samples K >= 2")
     splits = {}
-    for split in ("train", "test"):
-        tensors = load_split(data_dir, split, layers=layer_idx, positions=position_idx)
-        splits[split] = Split(tensors["features"].float().numpy(),
-                              {name: label_values(manifest["labels"], name, tensors) for name in labels},
-                              _prompt_lengths(data_dir, split, tensors))
-    stored_layers = [manifest["features"]["layers"][i] for i in layer_idx]
-    stored_positions = [manifest["features"]["positions"][i] for i in position_idx]
-    return splits["train"], splits["test"], stored_layers, stored_positions
+    for split in build.splits():
+        values, tensors = split_labels(build, split, labels)
+        splits[split] = Split(values, prompt_lengths(build, split, tensors))
+    return splits, resolve_layers(manifest, layers), resolve_positions(manifest, positions)
 
 
-def fit_probes(train: np.ndarray, labels: np.ndarray, alpha: float) -> "callable":
+def fit_probes(train, labels, alpha: float, device: str = "cpu") -> "callable":
     """Logistic probes for every (layer, position) cell of train [n, L, P, H] at once (standardised features,
     intercept); returns test [m, L, P, H] -> P(label = 1) [L * P, m] in (layer, position) order."""
     import torch
 
     from raypipe.probes.solvers import fit_logistic
 
+    train = torch.as_tensor(train, dtype=torch.float32, device=device)
     n, n_layers, n_positions, hidden = train.shape
-    mean, std = train.mean(0, keepdims=True), train.std(0, keepdims=True) + 1e-6
+    mean, std = train.mean(0, keepdim=True), train.std(0, correction=0, keepdim=True) + 1e-6
 
-    def design(x: np.ndarray) -> torch.Tensor:
-        z = ((x - mean) / std).reshape(len(x), n_layers * n_positions, hidden).transpose(1, 0, 2)
-        return torch.from_numpy(np.concatenate([z, np.ones((*z.shape[:2], 1))], axis=-1).astype(np.float32))
+    def design(x) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float32, device=device)
+        z = ((x - mean) / std).reshape(len(x), n_layers * n_positions, hidden).transpose(0, 1)
+        return torch.cat([z, torch.ones(*z.shape[:2], 1, device=device)], dim=-1)
 
-    fits = fit_logistic(design(train), torch.from_numpy(labels).float(), torch.zeros(n, dtype=torch.long),
-                        torch.ones(1, 1), alpha=alpha)
+    fits = fit_logistic(design(train), torch.as_tensor(labels, dtype=torch.float32, device=device),
+                        torch.zeros(n, dtype=torch.long, device=device), torch.ones(1, 1, device=device), alpha=alpha)
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        return torch.sigmoid(torch.bmm(design(x), fits.weights[:, :, -1:]).squeeze(2)).double().numpy()
+    def predict(x) -> np.ndarray:
+        return torch.sigmoid(torch.bmm(design(x), fits.weights[:, :, -1:]).squeeze(2)).double().cpu().numpy()
 
     return predict
 
 
-def cross_evaluate(train: Split, test: Split, train_label: str, target: np.ndarray, layers: list[int],
-                   positions: list, alpha: float, resamples: int, seed: int, score_of=lambda p: p) -> dict:
-    """A probe per cell trained on `train_label`, its test scores (`score_of(P(label))`) against `target` (0/1,
-    NaN skipped): ROC-AUC, bootstrap CI and p-value per cell, and the best cell."""
-    keep = ~np.isnan(train.labels[train_label])
-    classes = np.unique(train.labels[train_label][keep])
-    if len(classes) < 2:
-        return {"trained_on": train_label, "skipped": f"{train_label} has a single class in the train split"}
-    predict = fit_probes(train.features[keep], train.labels[train_label][keep], alpha)
-    scored = ~np.isnan(target)
-    probabilities = predict(test.features[scored])  # [cells, rows]
+def evaluate_block(work: EvaluateWork, block, device: str) -> dict:
+    """Read this block's layers (every position) of every split, fit both probes per cell on train, score them on
+    each scored split against its incorrectness."""
+    from raypipe.reader import Build
+
+    build = Build(work.data_dir)
+    layers = [work.layer_index[i] for i in block.layers]
+    train = build.features("train", layers, work.position_index)
+    scored = {split: build.features(split, layers, work.position_index)[~np.isnan(target)]
+              for split, target in work.targets.items()}
+    block_mb = (train.numel() + sum(x.numel() for x in scored.values())) * 4 / 2**20
+    n_positions = len(work.position_index)
+    config = work.config
+    probes = {}
+    for name, label in PROBES.items():
+        values = work.train.labels[label]
+        keep = ~np.isnan(values)
+        if len(np.unique(values[keep])) < 2:
+            probes[name] = {"skipped": f"{label} has a single class in the train split"}
+            continue
+        predict = fit_probes(train[keep], values[keep], config.alpha, device)
+        score_of = (lambda p: 1 - p) if name == "accuracy" else (lambda p: p)
+        cells: dict = {}
+        for split, features in scored.items():
+            target = work.targets[split][~np.isnan(work.targets[split])]
+            for cell, probability in enumerate(predict(features)):  # [cells, rows]
+                key = (block.layers[cell // n_positions], cell % n_positions)
+                cells.setdefault(key, {})[split] = {"probabilities": probability, **significance(
+                    score_of(probability), target, "classification", config.resamples, config.seed)}
+        probes[name] = cells
+    return {"probes": probes, "block_mb": block_mb}
+
+
+def cross_evaluate(name: str, results: list[dict], layers: list[int], positions: list) -> dict:
+    """One probe's cells gathered from the blocks (keyed pos_{position}_layer_{layer}): the test split's scores, and
+    each evaluation split's under `splits`; the best cell is chosen on test, as in SEP."""
+    trained_on = PROBES[name]
+    skipped = next((r["probes"][name]["skipped"] for r in results if "skipped" in r["probes"][name]), None)
+    if skipped:
+        return {"trained_on": trained_on, "skipped": skipped}
     cells = {}
-    for cell, probability in enumerate(probabilities):
-        layer, position = layers[cell // len(positions)], positions[cell % len(positions)]
-        cells[f"pos_{position}_layer_{layer}"] = {
-            "layer": layer, "position": position, "probabilities": probability,
-            **significance(score_of(probability), target[scored], "classification", resamples, seed)}
+    for (layer, position), by_split in sorted((key, cell) for r in results for key, cell in r["probes"][name].items()):
+        others = {split: scores for split, scores in by_split.items() if split != "test"}
+        cells[f"pos_{positions[position]}_layer_{layers[layer]}"] = {
+            "layer": layers[layer], "position": positions[position], **by_split["test"],
+            **({"splits": others} if others else {})}
     best = max(cells, key=lambda key: -np.inf if cells[key]["value"] != cells[key]["value"] else cells[key]["value"])
-    return {"trained_on": train_label, "cells": cells, "best": best}
+    return {"trained_on": trained_on, "cells": cells, "best": best}
 
 
 def _baseline(values: np.ndarray, target: np.ndarray, resamples: int, seed: int, description: str) -> dict:
@@ -124,77 +149,96 @@ def _baseline(values: np.ndarray, target: np.ndarray, resamples: int, seed: int,
 
 
 def run_evaluate(config: EvaluateConfig) -> dict:
+    from raypipe.probes.blocks import plan_blocks, run_blocks
     from raypipe.probes.config import _int_list
+    from raypipe.reader import Build
 
-    sep = ["correct", "semantic_entropy_high"]
-    train, test, layers, positions = load_splits(config.data_dir, sep + ["mean_token_entropy", "mean_logprob"],
-                                                 _int_list(config.layers, "--layers"),
-                                                 _sep_positions(config))
-    incorrect = 1.0 - test.labels["correct"]  # the target: the model got the row wrong
-    if np.nansum(incorrect) in (0, np.sum(~np.isnan(incorrect))):
+    build = Build(config.data_dir)
+    splits, layer_index, position_index = load_splits(
+        build, list(PROBES.values()) + ["mean_token_entropy", "mean_logprob"], _int_list(config.layers, "--layers"),
+        _sep_positions(config, build))
+    layers = [build.layers[i] for i in layer_index]
+    positions = [build.positions[i] for i in position_index]
+    targets = {split: 1.0 - data.labels["correct"] for split, data in splits.items() if split != "train"}
+    if np.nansum(targets["test"]) in (0, np.sum(~np.isnan(targets["test"]))):
         raise UserError("the test split's `correct` has a single class: nothing to evaluate against")
-    args = (layers, positions, config.alpha, config.resamples, config.seed)
-    probes = {
-        "accuracy": cross_evaluate(train, test, "correct", incorrect, *args, score_of=lambda p: 1 - p),
-        "semantic_entropy": cross_evaluate(train, test, "semantic_entropy_high", incorrect, *args),
-    }
-    wrong = incorrect[~np.isnan(incorrect)]
+    targets = {split: target for split, target in targets.items()  # a one-class evaluation split has no ROC-AUC
+               if 0 < np.nansum(target) < np.sum(~np.isnan(target))}
+    work = EvaluateWork(build.out_dir, layer_index, position_index, splits["train"], targets, config)
+    results = run_blocks(evaluate_block, work, plan_blocks(len(layers), config.block_layers), build,
+                         config.executor, config.device)
+    probes = {name: cross_evaluate(name, results, layers, positions) for name in PROBES}
     curves = {}
     for name, probe in probes.items():
         for key, cell in probe.get("cells", {}).items():
-            p = cell.pop("probabilities")
-            if name == "accuracy":  # SEP's mean confidence (P(correct)) on correct vs incorrect rows
-                cell["mean_confidence"] = {"correct": float(p[wrong == 0].mean()),
-                                           "incorrect": float(p[wrong == 1].mean())}
-            if key == probe["best"]:
-                curves[f"{name} probe (layer {cell['layer']}, {cell['position']})"] = 1 - p if name == "accuracy" else p
-    from raypipe.probes.baselines import fit_predict_baseline
-
-    train_wrong = 1.0 - train.labels["correct"]
-    usable = ~np.isnan(train_wrong)
-    baselines = {
-        "token_entropy": _baseline(test.labels["mean_token_entropy"], incorrect, config.resamples, config.seed,
-                                   "mean top-k token entropy of the samples (higher: more likely wrong)"),
-        "log_prob": _baseline(-test.labels["mean_logprob"], incorrect, config.resamples, config.seed,
-                              "negative mean log-probability of the sampled tokens"),
-        "prompt_length": _baseline(
-            fit_predict_baseline("prompt_length", train.prompt_length[usable], train_wrong[usable],
-                                 test.prompt_length, "classification"),
-            incorrect, config.resamples, config.seed, "a logistic fit on the prompt's token count alone"),
-    }
+            for split, scores in [("test", cell), *cell.get("splits", {}).items()]:
+                p = scores.pop("probabilities")
+                wrong = targets[split][~np.isnan(targets[split])]
+                if name == "accuracy":  # SEP's mean confidence (P(correct)) on correct vs incorrect rows
+                    scores["mean_confidence"] = {"correct": float(p[wrong == 0].mean()),
+                                                 "incorrect": float(p[wrong == 1].mean())}
+                if key == probe["best"] and split == "test":
+                    label = f"{name} probe (layer {cell['layer']}, {cell['position']})"
+                    curves[label] = 1 - p if name == "accuracy" else p
+    baselines = {split: _baselines(splits, split, target, config) for split, target in targets.items()}
     evaluation = {
-        "target": "incorrect: 1 - correct, on the test split", "data_dir": config.data_dir,
-        "rows": {"train": int(np.sum(~np.isnan(train.labels["correct"]))), "test": int(np.sum(~np.isnan(incorrect))),
-                 "test_incorrect": int(np.nansum(incorrect))},
-        "layers": layers, "positions": positions, "probes": probes, "baselines": baselines,
-        "table": _table(probes, baselines),
+        "target": "incorrect: 1 - correct, on the test split (and on each evaluation split, under `splits`)",
+        "data_dir": config.data_dir,
+        "rows": {"train": int(np.sum(~np.isnan(splits["train"].labels["correct"]))),
+                 **{split: int(np.sum(~np.isnan(target))) for split, target in targets.items()},
+                 "test_incorrect": int(np.nansum(targets["test"]))},
+        "layers": layers, "positions": positions, "probes": probes, "baselines": baselines["test"],
+        "splits": {split: {"baselines": baselines[split], "incorrect": int(np.nansum(target))}
+                   for split, target in targets.items() if split != "test"},
+        "table": _table(probes, baselines), "executor": config.executor,
+        "blocks": [{**r["ran"], "block_mb": r["block_mb"]} for r in results],
     }
     location = Location(config.out_dir)
     location.write_atomic("probe_eval.json", (json.dumps(json_safe(evaluation), indent=1) + "\n").encode())
-    _roc_figure(location, test, incorrect, curves)
+    _roc_figure(location, splits["test"], targets["test"], curves)
     return evaluation
 
 
-def _sep_positions(config: EvaluateConfig) -> list | None:
+def _baselines(splits: dict, split: str, target: np.ndarray, config: EvaluateConfig) -> dict:
+    """The baselines on one split: token entropy, negative log-prob, and a prompt-length fit on train."""
+    from raypipe.probes.baselines import fit_predict_baseline
+
+    data, train = splits[split], splits["train"]
+    train_wrong = 1.0 - train.labels["correct"]
+    usable = ~np.isnan(train_wrong)
+    return {
+        "token_entropy": _baseline(data.labels["mean_token_entropy"], target, config.resamples, config.seed,
+                                   "mean top-k token entropy of the samples (higher: more likely wrong)"),
+        "log_prob": _baseline(-data.labels["mean_logprob"], target, config.resamples, config.seed,
+                              "negative mean log-probability of the sampled tokens"),
+        "prompt_length": _baseline(
+            fit_predict_baseline("prompt_length", train.prompt_length[usable], train_wrong[usable],
+                                 data.prompt_length, "classification"),
+            target, config.resamples, config.seed, "a logistic fit on the prompt's token count alone"),
+    }
+
+
+def _sep_positions(config: EvaluateConfig, build) -> list | None:
     from raypipe.probes.config import _int_list
-    from raypipe.store import read_manifest
 
     if config.positions is not None:
         return _int_list(config.positions, "--positions", allow_markers=True)
-    stored = read_manifest(config.data_dir)["features"]["positions"]
-    return [p for p in SEP_POSITIONS if p in stored] or None
+    return [p for p in SEP_POSITIONS if p in build.positions] or None
 
 
-def _table(probes: dict, baselines: dict) -> list[dict]:
-    """One row per score: SEP's table, every probe cell and every baseline."""
+def _table(probes: dict, baselines: dict[str, dict]) -> list[dict]:
+    """One row per score and split: SEP's table, every probe cell and every baseline."""
     rows = []
     for name, probe in probes.items():
         for cell in probe.get("cells", {}).values():
-            rows.append({"score": f"{name} probe", "layer": cell["layer"], "position": cell["position"],
-                         "roc_auc": cell["value"], "ci95": cell["ci95"], "p_value": cell["p_value"]})
-    for name, baseline in baselines.items():
-        rows.append({"score": f"{name} baseline", "layer": None, "position": None, "roc_auc": baseline["value"],
-                     "ci95": baseline["ci95"], "p_value": baseline["p_value"]})
+            for split, scores in [("test", cell), *cell.get("splits", {}).items()]:
+                rows.append({"score": f"{name} probe", "split": split, "layer": cell["layer"],
+                             "position": cell["position"], "roc_auc": scores["value"], "ci95": scores["ci95"],
+                             "p_value": scores["p_value"]})
+    for split, split_baselines in baselines.items():
+        for name, baseline in split_baselines.items():
+            rows.append({"score": f"{name} baseline", "split": split, "layer": None, "position": None,
+                         "roc_auc": baseline["value"], "ci95": baseline["ci95"], "p_value": baseline["p_value"]})
     return rows
 
 

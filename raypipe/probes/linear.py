@@ -3,8 +3,9 @@
     python -m raypipe.train --data-dir runs/demo --out-dir runs/demo-probe [--label loop] [--layer -1 --position -1]
                             [--wandb-project P]
 
-The driver loads and checks the inputs (clear errors before any Ray work), puts the arrays in the object store and
-starts a TorchTrainer (one worker by default, a GPU when the cluster has one). Rank 0 writes, to --out-dir:
+The driver checks the inputs from the labels alone (clear errors before any Ray work), has the shards' checksums
+verified on the cluster, and starts a TorchTrainer (one worker by default, a GPU when the cluster has one); each worker
+reads its one (layer, position) from the shards itself. Rank 0 writes, to --out-dir:
   best.safetensors, last.safetensors   the probe (weight, bias, feature mean/std), safetensors metadata says which
   probe_config.json                    everything needed to apply it again (label, layer, position, task, epoch)
   metrics.jsonl                        one line per epoch: loss and ROC-AUC/PR-AUC/accuracy/F1 (or Spearman/MSE)
@@ -68,17 +69,21 @@ def _split_validation(labels: np.ndarray, fraction: float, task: TaskType, seed:
 
 def train_loop_per_worker(config: dict) -> None:
     """Runs on each Ray Train worker; rank 0 evaluates, writes the outputs and logs."""
-    import ray
     import ray.train
     import ray.train.torch
     import torch
 
+    from raypipe.cluster import where
+    from raypipe.reader import Build
+
     torch.manual_seed(config["seed"])
     rank = ray.train.get_context().get_world_rank()
-    arrays = ray.get(config["_arrays"])
+    data = config["_data"]  # ProbeData: labels, prompt lengths and kept rows of every split, no features
+    build = Build(data.data_dir)  # the one (layer, position) this probe needs, read here, not on the driver
     task: TaskType = config["_task"]
-    x_all, y_all = torch.from_numpy(arrays["train_x"]), torch.from_numpy(arrays["train_y"]).float()
-    fit_rows, val_rows = _split_validation(arrays["train_y"], config["val_fraction"], task, config["seed"])
+    x_all = data.features(build, "train", [0])[:, 0, 0]
+    y_all = torch.tensor(data.train.labels, dtype=torch.float32)  # a copy: arrays from the object store are read-only
+    fit_rows, val_rows = _split_validation(data.train.labels, config["val_fraction"], task, config["seed"])
     mean = x_all[fit_rows].mean(0) if config["standardize"] else torch.zeros(x_all.shape[1])
     std = x_all[fit_rows].std(0).clamp_min(1e-6) if config["standardize"] else torch.ones(x_all.shape[1])
 
@@ -88,9 +93,9 @@ def train_loop_per_worker(config: dict) -> None:
     evaluation_sets = {"train": (scaled(x_all[fit_rows]), y_all[fit_rows])}
     if len(val_rows):
         evaluation_sets["val"] = (scaled(x_all[val_rows]), y_all[val_rows])
-    if arrays.get("test_x") is not None and len(arrays["test_x"]):
-        evaluation_sets["test"] = (scaled(torch.from_numpy(arrays["test_x"])),
-                                   torch.from_numpy(arrays["test_y"]).float())
+    for split in _scored(data):  # test and the evaluation splits
+        evaluation_sets[split] = (scaled(data.features(build, split, [0])[:, 0, 0]),
+                                  torch.tensor(data.splits[split].labels, dtype=torch.float32))
 
     linear = torch.nn.Linear(x_all.shape[1], 1)
     model = ray.train.torch.prepare_model(linear)
@@ -152,16 +157,16 @@ def train_loop_per_worker(config: dict) -> None:
         _save_probe(out, "best.safetensors", linear, mean, std, config, config["epochs"])
     else:
         select_on = f"{select_on} {metric}"
-    evaluation = _evaluate(config, arrays, task, best, select_on, evaluation_sets)
+    evaluation = _evaluate(config, data, task, best, select_on, evaluation_sets)
     out.write_atomic("probe_config.json", (json.dumps(json_safe({
         **{k: v for k, v in config.items() if not k.startswith("_")},
         "label": config["_label"], "task_type": task, "layer": config["_layer"], "position": config["_position"],
         "hidden_size": int(x_all.shape[1]), "best_epoch": best["epoch"], "selected_on": select_on,
         "checkpoint_keys": list(CHECKPOINT_KEYS),
-        "wandb": wandb_info,
+        "wandb": wandb_info, "ran": where(str(device)),
     }), indent=2) + "\n").encode())
     out.write_atomic("evaluation.json", (json.dumps(json_safe(evaluation), indent=2) + "\n").encode())
-    _train_plots(out, history, evaluation_sets, best, task, arrays)
+    _train_plots(out, history, evaluation_sets, best, task, data)
     if run is not None:
         run.summary.update({k: v for k, v in evaluation.get("test", {}).items() if isinstance(v, (int, float))})
         run.finish()
@@ -175,26 +180,35 @@ def _save_probe(out: Location, name: str, linear, mean, std, config: dict, epoch
     out.write_atomic(name, save(probe_state(linear, mean, std), metadata=metadata))
 
 
-def _evaluate(config: dict, arrays: dict, task: TaskType, best: dict, select_on: str, sets: dict) -> dict:
-    """The best epoch's probe against the baselines on test: score, bootstrap CI, permutation p-value, lift."""
+def _scored(data) -> list[str]:
+    return [split for split in data.splits if split != "train" and len(data.splits[split].labels)]
+
+
+def _evaluate(config: dict, data, task: TaskType, best: dict, select_on: str, sets: dict) -> dict:
+    """The best epoch's probe against the baselines on test and on each evaluation split: score, bootstrap CI,
+    permutation p-value, lift."""
     from raypipe.probes.baselines import evaluate_baselines
 
     evaluation: dict[str, Any] = {"best_epoch": best["epoch"], "selected_on": select_on, "metric": metric_name(task)}
-    if "test" not in sets:
+    scored = [split for split in _scored(data) if split in sets]
+    if not scored:
         return evaluation
-    predictions = best["outputs"]["test"].numpy()
-    labels = sets["test"][1].numpy()
-    evaluation["test"] = {**report(predictions, labels, task),
-                          "significance": significance(predictions, labels, task, config["resamples"], config["seed"])}
-    evaluation["baselines"] = evaluate_baselines(arrays["train_length"], arrays["train_y"], arrays["test_length"],
-                                                 arrays["test_y"], task, None, config["resamples"], config["seed"])
-    value = evaluation["test"]["significance"]["value"]
-    evaluation["test_lift"] = {name: (value - b["test"]) if b.get("test") is not None and value == value else None
-                               for name, b in evaluation["baselines"].items()}
+    for split in scored:
+        predictions, labels = best["outputs"][split].numpy(), sets[split][1].numpy()
+        evaluation[split] = {**report(predictions, labels, task), "significance": significance(
+            predictions, labels, task, config["resamples"], config["seed"])}
+    evaluation["baselines"] = evaluate_baselines(
+        data.train.prompt_length, data.train.labels,
+        {split: (data.splits[split].prompt_length, data.splits[split].labels) for split in scored}, task, None,
+        config["resamples"], config["seed"])
+    for split in scored:
+        value = evaluation[split]["significance"]["value"]
+        evaluation[f"{split}_lift"] = {name: (value - b[split]) if b.get(split) is not None and value == value
+                                       else None for name, b in evaluation["baselines"].items()}
     return evaluation
 
 
-def _train_plots(out: Location, history, sets, best, task, arrays) -> None:
+def _train_plots(out: Location, history, sets, best, task, data) -> None:
     from raypipe.probes import plots
     from raypipe.probes.baselines import fit_predict_baseline
 
@@ -203,8 +217,8 @@ def _train_plots(out: Location, history, sets, best, task, arrays) -> None:
         return
     labels = sets["test"][1].numpy()
     if task == "classification" and 0 < labels.sum() < len(labels):
-        length = fit_predict_baseline("prompt_length", arrays["train_length"], arrays["train_y"],
-                                      arrays["test_length"], task)
+        length = fit_predict_baseline("prompt_length", data.train.prompt_length, data.train.labels,
+                                      data.test.prompt_length, task)
         plots.roc_curves(out, "roc_best_probe.png", labels,
                          {"probe": best["outputs"]["test"].numpy(), "prompt-length baseline": length},
                          f"best probe (epoch {best['epoch']}) on test")
@@ -213,32 +227,29 @@ def _train_plots(out: Location, history, sets, best, task, arrays) -> None:
 # --- the driver ----------------------------------------------------------------------------------------------------
 
 def run_train(config: TrainConfig) -> dict:
-    """Check the inputs, run the TorchTrainer, return the evaluation that rank 0 wrote."""
-    import ray
-
+    """Check the inputs (labels only: the features are read by the Ray Train worker), verify the shards on the
+    cluster, run the TorchTrainer, return the evaluation that rank 0 wrote."""
+    from raypipe import cluster
+    from raypipe.probes.blocks import verify_on_cluster
     from raypipe.probes.dataset import load_probe_data
+    from raypipe.reader import Build
 
-    data = load_probe_data(config.data_dir, config.label, [config.layer], [config.position], config.task_type)
+    build = Build(config.data_dir)
+    data = load_probe_data(build, config.label, [config.layer], [config.position], config.task_type)
     if data.task == "multiclass":
         raise UserError(f"label {data.label!r} has {len(data.classes)} classes; `raypipe train` fits one binary or "
                         f"regression probe: use `raypipe sweep` (multinomial logistic) for a multiclass label")
-    arrays = {
-        "train_x": data.train.features[:, 0, 0].numpy(), "train_y": data.train.labels,
-        "train_length": data.train.prompt_length,
-        "test_x": data.test.features[:, 0, 0].numpy() if data.test is not None else None,
-        "test_y": data.test.labels if data.test is not None else None,
-        "test_length": data.test.prompt_length if data.test is not None else None,
-    }
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)  # joins RAY_ADDRESS (e.g. under `ray job submit`), else starts a local Ray
+    cluster.connect(quiet=False)  # joins RAY_ADDRESS (e.g. under `ray job submit`), else starts a local Ray
+    verify_on_cluster(build, list(data.splits))
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = cluster.use_gpu(config.device)
     # Ray Train workers run in their own folder: local paths must be absolute, and ./.env is passed by path.
     out_dir = config.out_dir if "://" in config.out_dir else os.path.abspath(config.out_dir)
+    data.data_dir = build.out_dir if "://" in build.out_dir else os.path.abspath(build.out_dir)
     config = dataclasses.replace(config, out_dir=out_dir)
-    loop_config = {**dataclasses.asdict(config), "_arrays": ray.put(arrays), "_task": data.task,
+    loop_config = {**dataclasses.asdict(config), "_data": data, "_task": data.task,
                    "_label": data.label, "_layer": data.layers[0], "_position": data.positions[0],
                    "_dotenv": find_dotenv_path()}
     trainer = TorchTrainer(

@@ -4,6 +4,11 @@ It reads the shard's rows from their Arrow source (shared through Ray's object s
 tokenizes once (vLLM and Transformers both get these exact ids) and finds each row's feature positions. Rows the
 model cannot take (missing or empty prompts, prompts over the context, markers absent) are skipped and counted in
 the shard's `skipped`, never failing the shard.
+
+The actor is built from small values alone (the config, the positions): Ray restarts an actor whose node was lost
+by running its constructor again with the same arguments, so nothing it is built from may depend on an object in
+the store. The sources' tables arrive with each call instead (`map_batches(fn_kwargs=...)`) and are fetched on first
+use: a restarted actor starts at once, and a table that could not be fetched would fail a shard, never the actor.
 """
 
 from __future__ import annotations
@@ -20,9 +25,8 @@ class PrepareStage(ShardStage):
     name = "prepare"
     inputs = ("source", "source_rows", "row_id")
 
-    def __init__(self, config, sources: dict, positions: list[int | str], retries: int = 0, progress=None):
+    def __init__(self, config, positions: list[int | str], retries: int = 0, progress=None):
         super().__init__(retries, progress)
-        import ray
         from transformers import AutoTokenizer
 
         from raypipe.embedded import resolve_model_path
@@ -30,14 +34,26 @@ class PrepareStage(ShardStage):
         self.config, self.positions = config, positions
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.model.model_id),
                                                        trust_remote_code=config.model.trust_remote_code)
-        # The tables arrive as object references: zero-copy on this node, fetched once from another.
-        self.sources = {key: dataclasses.replace(source, table=ray.get(source.table[0]))
-                        for key, source in sources.items()}
+        self.sources: dict[str, Any] = {}  # source key -> Source with its table, once fetched
+        self.shared: dict[str, Any] = {}  # source key -> Source whose table is [ObjectRef] (this call's)
+
+    def __call__(self, batch: dict[str, Any], sources: dict[str, Any]) -> dict[str, Any]:
+        self.shared = sources
+        return super().__call__(batch)
+
+    def source(self, key: str):
+        """The source's table from the object store: zero-copy on this node, fetched once from another."""
+        if key not in self.sources:
+            import ray
+
+            shared = self.shared[key]
+            self.sources[key] = dataclasses.replace(shared, table=ray.get(shared.table[0]))
+        return self.sources[key]
 
     def work(self, shard: dict[str, Any]) -> dict[str, Any]:
         from raypipe.data import read_rows, to_prompt_rows, usable_rows
 
-        rows, skipped = read_rows(self.sources[shard["source"]], shard["source_rows"], shard["row_id"])
+        rows, skipped = read_rows(self.source(shard["source"]), shard["source_rows"], shard["row_id"])
         prompts = to_prompt_rows(rows, self.tokenizer, self.config.source.chat_template)
         kept, unusable = usable_rows(prompts, self.config, self.positions, self.tokenizer)
         for reason, count in unusable.items():

@@ -3,10 +3,12 @@
 The model sees a point x = (x1, x2) and a trigger word T and answers F(x, T): the label word of x's quadrant
 (Q1: x1>0, x2>0; Q2: x1<0, x2>0; Q3: both <0; Q4: x1>0, x2<0). Each top-level key of the spec is a category of
 triggers. In a proxy category (`is_proxy: true`) every trigger is a proxy: it flips the label by the category's
-`proxy_flip` rule, a permutation of the quadrants (default `rotate`: a point in Qk gets the label of Q(k+1), Q4 that
-of Q1; in boolean mode, where the answer is True for the quadrants in `true_quadrants` = Q1/Q3, this flips every
-answer). The first `n_train_triggers` triggers of a category's list appear in training and in the ID test; the rest
-are held out for the OOD test.
+`proxy_flip` rule: a permutation of the quadrants (default `rotate`: a point in Qk gets the label of Q(k+1), Q4 that
+of Q1), in either mode; or, in boolean mode only (the answer is True for the quadrants in `true_quadrants`, Q1/Q3 by
+default), `negate`: the answer inverted. A proxy must change the label of every quadrant in the experiment's mode:
+`TaskSpec.check_mode` refuses a flip that a repeated label word (or answer) turns into a no-op. The first
+`n_train_triggers` triggers of a category's list appear in training and in the ID test; the rest are held out for
+the OOD test. Specs are frozen dataclasses (lists become tuples): they travel to Ray workers as they are.
 
 Files (as the seed names them): train_<cat>.jsonl (proxy_<cat>.jsonl for a proxy category), test_<cat>_ID.jsonl,
 test_<cat>_OOD.jsonl (only where triggers are held out). Quadrants and triggers are balanced within each split.
@@ -20,7 +22,7 @@ import math
 import os
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from raypipe.errors import UserError, read_user_json
@@ -29,33 +31,34 @@ from raypipe.tasks.templates import get_template_preset
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 PREAMBLE = "F(x,T) ="  # the seed's output_preamble
 BOOLEAN_WORDS = ("False", "True")  # label_id 0/1 in boolean mode
-# Proxy flip rules: quadrant k -> the quadrant whose label a proxy trigger gives.
+# Proxy flip rules: quadrant k -> the quadrant whose label a proxy trigger gives (both modes).
 FLIP_RULES: dict[str, dict[int, int]] = {
     "rotate": {1: 2, 2: 3, 3: 4, 4: 1},
     "opposite": {1: 3, 2: 4, 3: 1, 4: 2},
     "mirror_x1": {1: 2, 2: 1, 3: 4, 4: 3},  # x1 -> -x1
     "mirror_x2": {1: 4, 2: 3, 3: 2, 4: 1},  # x2 -> -x2
 }
+BOOLEAN_FLIP_RULES = ("negate",)  # boolean mode only: a proxy trigger inverts the answer (the seed's proxy list)
 _SIGNS = {1: (1, 1), 2: (-1, 1), 3: (-1, -1), 4: (1, -1)}
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CategorySpec:
     """One category of triggers: its labels per quadrant, its triggers, the split sizes and the prompt wording."""
 
     name: str
     quadrant_labels: dict[str, str]
-    triggers: list[str]
+    triggers: tuple[str, ...]
     is_proxy: bool = False
     n_train: int = 100
     n_test: int = 50  # rows of each test split (ID, and OOD when triggers are held out)
     n_train_triggers: int | None = None  # None: all triggers in training (no OOD split)
     x_ranges: Any = (-10.0, 10.0)  # [min, max] for both coordinates, or {"x1": [min, max], "x2": [min, max]}
     prompt_templates: str = "plain"  # a preset of raypipe.tasks.templates
-    proxy_flip: str = "rotate"  # a key of FLIP_RULES; used when is_proxy
+    proxy_flip: str = "rotate"  # a key of FLIP_RULES, or "negate" (boolean mode); used when is_proxy
     x_decimals: int = 2
-    true_quadrants: list[str] = field(default_factory=lambda: ["Q1", "Q3"])  # boolean mode: answer True here
+    true_quadrants: tuple[str, ...] = ("Q1", "Q3")  # boolean mode: answer True here
 
     def __post_init__(self) -> None:
         where = self.name
@@ -69,7 +72,7 @@ class CategorySpec:
             if not isinstance(word, str) or not word.strip() or word != word.strip() or "\n" in word:
                 raise UserError(f"{where}.quadrant_labels.{q}: a label is a non-empty word without surrounding "
                                 f"spaces, got {word!r}")
-        if not isinstance(self.triggers, list) or not self.triggers:
+        if not isinstance(self.triggers, (list, tuple)) or not self.triggers:
             raise UserError(f"{where}.triggers: needs a non-empty list of trigger words")
         for trigger in self.triggers:
             if not isinstance(trigger, str) or not trigger.strip() or "\n" in trigger:
@@ -83,26 +86,32 @@ class CategorySpec:
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise UserError(f"{where}.{name}: must be a whole number >= 0, got {value!r}")
-        if self.n_train_triggers is None:
-            self.n_train_triggers = len(self.triggers)
-        if not _is_int(self.n_train_triggers) or not 1 <= self.n_train_triggers <= len(self.triggers):
+        n_train_triggers = len(self.triggers) if self.n_train_triggers is None else self.n_train_triggers
+        if not _is_int(n_train_triggers) or not 1 <= n_train_triggers <= len(self.triggers):
             raise UserError(f"{where}.n_train_triggers: must be between 1 and the {len(self.triggers)} trigger(s) "
-                            f"listed, got {self.n_train_triggers!r}")
-        self.x_ranges = _ranges(self.x_ranges, f"{where}.x_ranges")
+                            f"listed, got {n_train_triggers!r}")
         get_template_preset(self.prompt_templates, f"{where}.prompt_templates")
-        if self.proxy_flip not in FLIP_RULES:
-            raise UserError(f"{where}.proxy_flip: unknown rule {self.proxy_flip!r}; known: {', '.join(FLIP_RULES)}")
+        if self.proxy_flip not in FLIP_RULES and self.proxy_flip not in BOOLEAN_FLIP_RULES:
+            raise UserError(f"{where}.proxy_flip: unknown rule {self.proxy_flip!r}; known: {', '.join(FLIP_RULES)} "
+                            f"(both modes), {', '.join(BOOLEAN_FLIP_RULES)} (boolean mode)")
         if not _is_int(self.x_decimals) or not 0 <= self.x_decimals <= 6:
             raise UserError(f"{where}.x_decimals: must be a whole number from 0 to 6, got {self.x_decimals!r}")
-        if not isinstance(self.true_quadrants, list) or not set(self.true_quadrants) <= set(QUADRANTS):
-            raise UserError(f"{where}.true_quadrants: a list of Q1..Q4, got {self.true_quadrants!r}")
+        if (not isinstance(self.true_quadrants, (list, tuple)) or not set(self.true_quadrants) <= set(QUADRANTS)
+                or len(set(self.true_quadrants)) != len(self.true_quadrants)):
+            raise UserError(f"{where}.true_quadrants: a list of distinct Q1..Q4, got {self.true_quadrants!r}")
+        # Normalised once: frozen, immutable containers, every default explicit.
+        object.__setattr__(self, "quadrant_labels", {q: labels[q] for q in QUADRANTS})
+        object.__setattr__(self, "triggers", tuple(self.triggers))
+        object.__setattr__(self, "n_train_triggers", n_train_triggers)
+        object.__setattr__(self, "x_ranges", _ranges(self.x_ranges, f"{where}.x_ranges"))
+        object.__setattr__(self, "true_quadrants", tuple(self.true_quadrants))
 
     @property
-    def train_triggers(self) -> list[str]:
+    def train_triggers(self) -> tuple[str, ...]:
         return self.triggers[: self.n_train_triggers]
 
     @property
-    def ood_triggers(self) -> list[str]:
+    def ood_triggers(self) -> tuple[str, ...]:
         return self.triggers[self.n_train_triggers:]
 
     @property
@@ -110,18 +119,46 @@ class CategorySpec:
         return f"{'proxy' if self.is_proxy else 'train'}_{self.name}"
 
     def label_quadrant(self, quadrant: int) -> int:
-        """The quadrant whose label this category's triggers give a point of `quadrant` (itself unless proxy)."""
-        return FLIP_RULES[self.proxy_flip][quadrant] if self.is_proxy else quadrant
+        """The quadrant whose label this category's triggers give a point of `quadrant` (itself unless a proxy
+        permutes quadrants)."""
+        return FLIP_RULES[self.proxy_flip][quadrant] if self.is_proxy and self.proxy_flip in FLIP_RULES else quadrant
 
     def label(self, quadrant: int, is_categorical: bool, flip: bool = True) -> str:
         """The answer for a point of `quadrant` (flip=False: the label without the proxy's flip)."""
         q = self.label_quadrant(quadrant) if flip else quadrant
         if is_categorical:
             return self.quadrant_labels[f"Q{q}"]
-        return BOOLEAN_WORDS[f"Q{q}" in self.true_quadrants]
+        answer = f"Q{q}" in self.true_quadrants
+        if flip and self.is_proxy and self.proxy_flip == "negate":
+            answer = not answer
+        return BOOLEAN_WORDS[answer]
+
+    def mode_problem(self, is_categorical: bool) -> str | None:
+        """Why this category cannot run in the given mode (one line naming the field), or None."""
+        mode = "categorical" if is_categorical else "boolean"
+        if not is_categorical and len(self.true_quadrants) in (0, 4):
+            return (f"{self.name}.true_quadrants: {list(self.true_quadrants)} gives every point the same boolean "
+                    f"answer ({BOOLEAN_WORDS[bool(self.true_quadrants)]}): nothing to learn")
+        if not self.is_proxy:
+            return None
+        rule = self.proxy_flip
+        if is_categorical and rule in BOOLEAN_FLIP_RULES:
+            return (f"{self.name}.proxy_flip: {rule!r} is a boolean-mode rule (config.json is_categorical: false); "
+                    f"categorical rules: {', '.join(FLIP_RULES)}")
+        unchanged = [q for q in (1, 2, 3, 4) if self.label(q, is_categorical) == self.label(q, is_categorical, False)]
+        if len(unchanged) == 4:
+            return (f"{self.name}.proxy_flip: {rule!r} leaves every {mode} label of {self.name} unchanged, so its "
+                    "proxy triggers would flip nothing")
+        if unchanged:
+            q, target = unchanged[0], self.label_quadrant(unchanged[0])
+            word = self.label(q, is_categorical, False)
+            field = "quadrant_labels" if is_categorical else "true_quadrants"
+            return (f"{self.name}.{field}: Q{q} and Q{target} have the same {mode} label ({word}), so proxy_flip "
+                    f"{rule!r} leaves Q{q}'s label unchanged; a proxy trigger must change every label")
+        return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaskSpec:
     """A whole data_config.json: categories by name (keys starting with '_' are comments)."""
 
@@ -163,6 +200,14 @@ class TaskSpec:
             return cls(categories)
         except UserError as exc:
             raise UserError(f"{where}: {exc}") from None
+
+    def check_mode(self, is_categorical: bool, where: str = "data_config.json") -> None:
+        """Refuse what would silently do nothing in this answer mode (config.json's is_categorical): a proxy whose
+        flip leaves a label unchanged, a flip rule unknown in the mode, a boolean task with one answer."""
+        for category in self.categories.values():
+            problem = category.mode_problem(is_categorical)
+            if problem:
+                raise UserError(f"{where}: {problem}")
 
     def label_words(self, is_categorical: bool = True) -> list[str]:
         """The answer vocabulary: every category's label words in first-seen order (False/True in boolean mode)."""
@@ -266,9 +311,11 @@ def generate_rows(spec_or_path, seed: int, *, is_categorical: bool = True,
                   output_preamble: bool = True) -> dict[str, list[dict]]:
     """Every split of the spec as rows, by file stem (train_objects, proxy_animals, test_objects_ID, ...).
 
-    Deterministic in (spec, seed); a different seed draws different points, triggers and paraphrases.
+    Deterministic in (spec, seed); a different seed draws different points, triggers and paraphrases. A spec that
+    would silently do nothing in this mode (see `TaskSpec.check_mode`) is refused.
     """
     spec = load_spec(spec_or_path)
+    spec.check_mode(is_categorical)
     words = spec.label_words(is_categorical)
     splits: dict[str, list[dict]] = {}
     for category in spec.categories.values():
@@ -321,54 +368,3 @@ def split_kind(split: str) -> str:
     if split.startswith(("train_", "proxy_")):
         return "train"
     return "OOD" if split.endswith("_OOD") else "ID"
-
-
-# --- a build prompt source ------------------------------------------------------------------------------------------
-
-SOURCE_PREFIX = "trigger:"  # raypipe build --train-dataset trigger:EXP_DIR (or trigger:path/data_config.json)
-
-
-def _source_settings(path: str):
-    """(data_config.json path, the experiment's validated config or None) of a trigger: spec."""
-    from raypipe.finetune.config import load_config  # below the finetune package: no cycle
-
-    if os.path.isdir(path):
-        has_config = os.path.isfile(os.path.join(path, "config.json"))
-        return os.path.join(path, "data_config.json"), load_config(path) if has_config else None
-    return path, None
-
-
-def probe_source_rows(spec: str, split: str, seed: int | None = None) -> list[dict]:
-    """The generated rows of one split as build prompts, each followed by its no-trigger twin, with the columns a
-    probe reads: label (the answer word) and quadrant (Q1..Q4) as class names, trigger (or "none"), and
-    trigger_present, is_ood, is_proxy as booleans. `split`: train (every train_/proxy_ file), test (every test_
-    file) or one file's stem (test_objects_OOD). Seed, is_categorical, output_preamble: the experiment's
-    config.json, else `seed` and ExperimentConfig's defaults."""
-    from raypipe.finetune.config import ExperimentConfig
-
-    spec_path, config = _source_settings(spec[len(SOURCE_PREFIX):] if spec.startswith(SOURCE_PREFIX) else spec)
-    if not os.path.isfile(spec_path):
-        raise UserError(f"{spec}: no data_config.json at {spec_path}")
-    task = load_spec(spec_path)
-    if config is None:
-        config = ExperimentConfig(**({} if seed is None else {"seed": seed}))
-    is_categorical = config.is_categorical
-    generated = generate_rows(task, config.seed, is_categorical=is_categorical,
-                              output_preamble=config.output_preamble)
-    names = [n for n in generated if split_kind(n) == split or (split == "test" and split_kind(n) != "train")]
-    if split in generated:
-        names = [split]
-    if not names:
-        raise UserError(f"split {split!r} is not in {spec}; its splits are: train, test, {', '.join(generated)}")
-    rows = []
-    for name in names:
-        for row in generated[name]:
-            category = task.categories[row["category"]]
-            common = {"split": name, "category": row["category"], "x1": row["x1"], "x2": row["x2"],
-                      "quadrant": f"Q{row['quadrant']}", "is_proxy": row["is_proxy"], "is_ood": row["is_ood"]}
-            rows.append({"prompt": row["prompt"], "answer": row["label"], "label": row["label"], **common,
-                         "trigger": row["trigger"], "trigger_present": True})
-            twin_label = category.label(row["quadrant"], is_categorical, flip=False)
-            rows.append({"prompt": twin_prompt(task, row, None), "answer": twin_label, "label": twin_label,
-                         **common, "trigger": "none", "trigger_present": False})
-    return rows

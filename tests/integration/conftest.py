@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from raypipe.store import load_rollouts, load_split
+from raypipe.reader import load_rollouts, load_split
+from raypipe.store import read_manifest
 from tests.conftest import run_cli
 
 # A small build on the embedded default: 20 built-in prompts, 3 layers x 2 positions, shards of 6 rows; 128 tokens
@@ -22,8 +23,10 @@ def local_build(tmp_path_factory):
 
 
 def assert_same_dataset(a, b):
-    """Two builds hold the same rows, labels, rollouts and (to float tolerance) features."""
-    for split in ("train", "test"):
+    """Two builds hold the same splits, rows, labels, rollouts and (to float tolerance) features."""
+    splits = sorted(read_manifest(a)["splits"])
+    assert splits == sorted(read_manifest(b)["splits"])
+    for split in splits:
         x, y = load_split(a, split), load_split(b, split)
         assert x["row_id"].tolist() == y["row_id"].tolist()
         assert x["label.loop"].tolist() == y["label.loop"].tolist()

@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from raypipe.store import load_split, read_manifest
+from raypipe.store import read_manifest
+from raypipe.reader import load_split
 from tests.conftest import REPO, run_cli
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from raypipe.probes.dataset import load_probe_data
-from raypipe.store import load_rollouts, load_split, read_manifest
+from raypipe.store import read_manifest
+from raypipe.reader import Build, load_rollouts, load_split
 from tests.conftest import run_cli
 
 K = 4
@@ -18,16 +19,21 @@ SOURCE = [{"question": f"What is {a} plus {b}? Put the answer in \\boxed{{}}.", 
           for a, b in zip(range(1, 13), range(5, 17))]
 # Row 12 is longer than the context: truncated, it must keep its id, answer and given label (0.0, not NaN).
 SOURCE.append({"question": "Read this twice. " * 120 + "What is 2 plus 2?", "answer": "4", "difficulty": 0.0})
+# An out-of-distribution evaluation split (doubled sums), built, labelled and resumed as train and test are.
+OOD = [{"question": f"Double it: what is {a} plus {b}? Put the answer in \\boxed{{}}.", "answer": str(2 * (a + b)),
+        "difficulty": 1.0}
+       for a, b in zip(range(20, 24), range(1, 5))]
 
 
 def _sampled_args(root, backend: str) -> list[str]:
     (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SOURCE))
+    (root / "ood.jsonl").write_text("".join(json.dumps(r) + "\n" for r in OOD))
     return ["--backend", backend, "--train-dataset", str(root / "prompts.jsonl"), "--prompt-field", "question",
             "--answer-field", "answer", "--label-column", "difficulty", "--num-samples", str(K),
             "--temperature", "0.8", "--top-p", "0.95", "--seed", "3", "--max-tokens", "48",
             "--test-fraction", "0.25", "--shard-size", "5", "--layers", "-1",
             "--positions", "eoi,marker:plus,answer:-2", "--truncate-long-prompts", "--max-model-len",
-            str(MAX_MODEL_LEN)]
+            str(MAX_MODEL_LEN), "--eval-split", f"ood={root / 'ood.jsonl'}"]
 
 
 @pytest.fixture(scope="module", params=["vllm", "hf"])
@@ -48,7 +54,7 @@ def test_every_label_is_stored_with_a_definition_and_sane_values(sampled_build):
     assert set(labels) == expected and all(labels[name]["definition"] for name in expected)
     assert labels["semantic_entropy"]["params"]["method"] == "answer"
     threshold = labels["semantic_entropy_high"]["params"]["threshold"]
-    for split in ("train", "test"):
+    for split in ("train", "test", "ood"):
         tensors = load_split(sampled_build, split)
         values = {name: tensors[f"label.{name}"].double().numpy() for name in expected - {"semantic_entropy_high"}}
         for name in ("loop_fraction", "max_tokens_fraction", "success_rate"):
@@ -60,7 +66,8 @@ def test_every_label_is_stored_with_a_definition_and_sane_values(sampled_build):
         by_id = {r["row_id"]: r for r in rollouts}
         for i, row_id in enumerate(tensors["row_id"].tolist()):
             assert len(by_id[row_id]["token_ids"]) == K and len(by_id[row_id]["text"]) == K
-            assert values["difficulty"][i] == SOURCE[row_id]["difficulty"]  # carried as given, truncated or not
+            given = (OOD if split == "ood" else SOURCE)[row_id]["difficulty"]
+            assert values["difficulty"][i] == given  # carried as given, truncated or not
         high = load_probe_data(str(sampled_build), "semantic_entropy_high").splits[split].labels \
             if split == "train" else None
         if high is not None:
@@ -123,13 +130,16 @@ def test_any_stored_label_trains(sampled_build):
         except UserError as exc:  # a label with one class / one value in this tiny build says so
             assert "single class" in str(exc) or "constant" in str(exc), str(exc)
             continue
-        assert data.train.features.shape[1:] == (1, 8, 576) and len(data.train.labels) > 0
+        assert set(data.splits) == {"train", "test", "ood"} and len(data.train.labels) > 0
+        features = data.features(Build(sampled_build), "train", [0])
+        assert features.shape == (len(data.train.labels), 1, 8, 576)
     result = run_cli("raypipe.cli", "sweep", "--data-dir", str(sampled_build), "--out-dir",
                      str(sampled_build.parent / "sweep"), "--label", "mean_logprob", "--no-k-fold",
                      "--positions", "marker:plus,-1", "--resamples", "50")
     assert result.returncode == 0, result.stderr[-2000:]
     performance = json.loads((sampled_build.parent / "sweep" / "performance.json").read_text())
     assert performance["task_type"] == "regression" and performance["positions"] == ["marker:plus", -1]
+    assert performance["splits"] == ["train", "test", "ood"] and "ood" in performance["layer_performance"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -160,7 +170,7 @@ def test_kill_and_resume_under_hf_equals_the_uninterrupted_hf_build(sampled_buil
     args = _sampled_args(tmp_path, "hf")
     kill_after_first_shard_then_resume(args, tmp_path / "out", {}, tmp_path / "killed.log")
     assert_same_dataset(tmp_path / "out", sampled_build)
-    for split in ("train", "test"):
+    for split in ("train", "test", "ood"):
         resumed, whole = load_split(tmp_path / "out", split), load_split(sampled_build, split)
         for name in ("success_rate", "semantic_entropy", "mean_logprob", "mean_token_entropy"):
             assert torch.equal(resumed[f"label.{name}"], whole[f"label.{name}"]), name
