@@ -4,7 +4,9 @@ rollout ends) and lose nothing already written when killed after its first shard
 is in test_job_submit.py.
 
 Eight engines of real vLLM would not start in CI's time on 2 cores: the dp=8 and multi-node runs use the hf backend,
-whose actors ask for GPUs exactly as vLLM's do (placement does not depend on the backend); tp=2 is vLLM's own.
+whose actors ask for GPUs exactly as vLLM's do (placement does not depend on the backend); tp=2 is vLLM's own. All
+three run the tiny random-weight Llama (tests/integration/conftest.py): placement, streaming and resume do not depend
+on what the model says, and eight copies of it load in seconds where eight of the embedded model took minutes.
 """
 
 import re
@@ -30,19 +32,48 @@ def _placement(out) -> dict:
     return read_manifest(out)["runs"][-1]["placement"]
 
 
-def test_eight_gpus_dp8_colocates_eight_engines_and_streams(cluster, tmp_path):
+def test_eight_gpus_dp8_colocates_eight_engines_streams_and_resumes_to_the_uninterrupted_build(cluster, tmp_path,
+                                                                                             tiny_tp_model):
+    """K=2 samples at temperature 0.8 (per-row seeds), an evaluation split: killed after its first shard and rerun, the
+    dp=8 build writes exactly what one uninterrupted engine writes, every label and rollout text included."""
+    import json
+
+    import torch
+
+    from raypipe.reader import load_rollouts, load_split
+    from tests.conftest import run_cli
+    from tests.integration.conftest import assert_same_dataset
+
     cluster.add_node(num_gpus=8, num_cpus=10, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
-    args = [*SMALL, "--backend", "hf", "--dp", "8", "--builtin-size", "36", "--shard-size", "2"]
-    done, rerun = kill_after_first_shard_then_resume(args, tmp_path / "out", {"RAY_ADDRESS": cluster.address},
+    ood = tmp_path / "ood.jsonl"
+    ood.write_text("".join(json.dumps({"prompt": f"Double it: what is {a} plus {a}?", "answer": str(4 * a)}) + "\n"
+                           for a in range(6)))
+    args = [*SMALL, "--model-id", str(tiny_tp_model), "--backend", "hf", "--builtin-size", "36", "--shard-size", "2",
+            "--num-samples", "2", "--temperature", "0.8", "--seed", "5", "--eval-split", f"ood={ood}"]
+    out, reference = tmp_path / "out", tmp_path / "reference"
+    done, rerun = kill_after_first_shard_then_resume([*args, "--dp", "8"], out, {"RAY_ADDRESS": cluster.address},
                                                      tmp_path / "first.log")
-    placement = _placement(tmp_path / "out")
+    placement = _placement(out)
     assert (placement["mode"], placement["engines"], placement["gpus_per_engine"]) == ("colocated", 8, 1)
     assert re.search(r"(\d+) already complete", rerun) and int(re.search(r"(\d+) already complete", rerun)[1]) >= len(done)
-    assert_streamed(tmp_path / "out")
-    engines = {s["stats"]["rollout"]["pid"] for d in read_manifest(tmp_path / "out")["splits"].values()
+    assert_streamed(out)
+    engines = {s["stats"]["rollout"]["pid"] for d in read_manifest(out)["splits"].values()
                for s in d["shards"].values()}
     assert len(engines) > 1  # the rerun's shards spread over several of the eight engines
+
+    uninterrupted = run_cli("raypipe.build", *args, "--dp", "1", "--out-dir", str(reference),
+                            env={"RAY_ADDRESS": cluster.address})
+    assert uninterrupted.returncode == 0, uninterrupted.stdout[-3000:] + uninterrupted.stderr[-3000:]
+    assert_same_dataset(out, reference)
+    assert set(read_manifest(out)["splits"]) == {"train", "test", "ood"}
+    for split in ("train", "test", "ood"):
+        resumed, whole = load_split(out, split), load_split(reference, split)
+        labels = [name for name in whole if name.startswith("label.")]
+        assert {"label.loop", "label.success_rate", "label.mean_logprob"} <= set(labels)
+        for name in labels:
+            assert torch.equal(resumed[name], whole[name]), (split, name)
+        assert load_rollouts(out, split)["text"].to_pylist() == load_rollouts(reference, split)["text"].to_pylist()
 
 
 def test_two_gpus_tp2_gives_one_vllm_engine_both(cluster, tmp_path, tiny_tp_model):
@@ -60,7 +91,7 @@ def test_two_gpus_tp2_gives_one_vllm_engine_both(cluster, tmp_path, tiny_tp_mode
     assert_streamed(tmp_path / "out")
 
 
-def test_two_nodes_of_gpus_spread_the_engines_and_survive_a_lost_node(cluster, tmp_path):
+def test_two_nodes_of_gpus_spread_the_engines_and_survive_a_lost_node(cluster, tmp_path, tiny_tp_model):
     """Engines on 2-GPU nodes (one spare); right after the first shard lands, the node the prepare actor runs on is
     removed. Ray restarts that node's actors on the others (the prepare actor from its constructor's small arguments
     alone: the sources' tables come with each call), the shards already written stay, and the build (rerun, should
@@ -80,7 +111,8 @@ def test_two_nodes_of_gpus_spread_the_engines_and_survive_a_lost_node(cluster, t
     nodes = [cluster.add_node(num_gpus=2, num_cpus=3, node_ip_address="127.0.0.1") for _ in range(3)]
     cluster.wait_for_nodes()
     out, reference = tmp_path / "out", tmp_path / "reference"
-    args = [*SMALL, "--backend", "hf", "--dp", "4", "--builtin-size", "24", "--shard-size", "2"]
+    args = [*SMALL, "--model-id", str(tiny_tp_model), "--backend", "hf", "--dp", "4", "--builtin-size", "24",
+            "--shard-size", "2"]
     env = {**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONUNBUFFERED": "1"}
     with open(tmp_path / "driver.log", "w") as sink:
         driver = subprocess.Popen([sys.executable, "-m", "raypipe.build", *args, "--out-dir", str(out)], cwd=REPO,

@@ -32,12 +32,16 @@ def ray_head(tmp_path):
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     gcs_port, dashboard_port = _free_port(), _free_port()
+    # Every port a head listens on, not only the two above: the job agent's default (52365) is fixed, and a Ray still
+    # shutting down from an earlier test may hold it; an agent that cannot bind it never registers, and every submit
+    # is then answered "No available agent" (seen in CI).
+    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
     temp_dir = tempfile.mkdtemp(prefix="rp-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     head = subprocess.Popen(
         [os.path.join(bin_dir, "ray"), "start", "--head", "--block", f"--port={gcs_port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--num-gpus=1",
-         "--node-ip-address=127.0.0.1",
-         f"--temp-dir={temp_dir}"],
+         "--node-ip-address=127.0.0.1", *agent_ports, f"--temp-dir={temp_dir}"],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard_port}"
