@@ -1,5 +1,6 @@
 """Probe solvers, scores and the sweep on data with a known answer (no model): they must find the planted cell."""
 
+import dataclasses
 import json
 import warnings
 
@@ -280,3 +281,15 @@ def test_the_one_gpu_decision_refuses_a_gpu_the_cluster_does_not_have(monkeypatc
     assert cluster.use_gpu("auto") and cluster.use_gpu(True) and not cluster.use_gpu(False)
     with pytest.raises(UserError, match="device must be auto, cpu or cuda"):
         cluster.use_gpu("tpu")
+
+
+@pytest.mark.parametrize("field, value, flag", [("device", "tpu", "--device"), ("task_type", "ordinal", "--task-type"),
+                                                ("executor", "slurm", "--executor")])
+def test_a_probe_choice_outside_its_literal_type_is_one_clear_error(field, value, flag):
+    from raypipe.probes.config import EvaluateConfig, SweepConfig, TrainConfig
+
+    for config in (SweepConfig, TrainConfig, EvaluateConfig):
+        if field not in {f.name for f in dataclasses.fields(config)}:
+            continue
+        with pytest.raises(UserError, match=f"^{flag} must be one of .*, got '{value}'$"):
+            config(data_dir="in", out_dir="out", **{field: value})

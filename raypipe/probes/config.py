@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from raypipe.config import knob
+from raypipe.config import check_choices, knob
 from raypipe.errors import UserError
 
 TaskTypeOption = Literal["auto", "classification", "regression"]
@@ -50,10 +50,9 @@ class ProbeRunConfig:
                                         "cuda.")
 
     def __post_init__(self) -> None:
+        check_choices(self)  # device, task_type, executor: their Literal types hold the choices
         if self.resamples < 10:
             raise UserError(f"--resamples must be at least 10, got {self.resamples}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
 
 
 @dataclass
@@ -66,11 +65,6 @@ class ProbeInputConfig(ProbeRunConfig):
                                              "regression, classification (whole-number classes; more than two: "
                                              "multinomial, sweep only).")
     wandb_project: str | None = knob(None, "Log to this W&B project (offline without a key).")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.task_type not in ("auto", "classification", "regression"):
-            raise UserError(f"--task-type must be auto, regression or classification, got {self.task_type!r}")
 
 
 @dataclass
@@ -89,8 +83,6 @@ class CellsConfig:
     def check_cells(self) -> None:
         if self.alpha <= 0:
             raise UserError(f"--alpha must be positive, got {self.alpha}")
-        if self.executor not in ("ray", "local"):
-            raise UserError(f"--executor must be ray or local, got {self.executor!r}")
         if self.block_layers < 1:
             raise UserError(f"--block-layers must be at least 1, got {self.block_layers}")
         self.layer_list(), self.position_list()

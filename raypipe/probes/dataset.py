@@ -11,12 +11,14 @@ was not extracted) is a `UserError` naming what does exist, raised before any wo
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from raypipe.errors import UserError
 from raypipe.labels.catalog import label_values
+from raypipe.probes.config import TaskTypeOption
 from raypipe.probes.metrics import TaskType
 from raypipe.reader import Build
 from raypipe.store import LABEL_PREFIX
@@ -96,8 +98,8 @@ def resolve_positions(manifest: dict, requested: list | None) -> list[int]:
 def infer_task(values: np.ndarray, requested: str = "auto", categorical: bool = False) -> TaskType:
     """Classification when every value is 0 or 1; multiclass for a categorical label with more classes, or for
     whole-number classes when classification is asked for; regression otherwise."""
-    if requested not in ("auto", "classification", "regression"):
-        raise UserError(f"--task-type must be auto, regression or classification, got {requested!r}")
+    if requested not in typing.get_args(TaskTypeOption):  # a caller that skipped the config's check
+        raise UserError(f"--task-type must be one of {', '.join(typing.get_args(TaskTypeOption))}, got {requested!r}")
     binary = bool(np.isin(values, (0.0, 1.0)).all())
     if requested == "regression" or (requested == "auto" and not binary and not categorical):
         return "regression"

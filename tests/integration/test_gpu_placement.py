@@ -5,8 +5,9 @@ is in test_job_submit.py.
 
 Eight engines of real vLLM would not start in CI's time on 2 cores: the dp=8 and multi-node runs use the hf backend,
 whose actors ask for GPUs exactly as vLLM's do (placement does not depend on the backend); tp=2 is vLLM's own. All
-three run the tiny random-weight Llama (tests/integration/conftest.py): placement, streaming and resume do not depend
-on what the model says, and eight copies of it load in seconds where eight of the embedded model took minutes.
+dp=8 and tp=2 runs use the tiny random-weight Llama (tests/integration/conftest.py): placement and resume do not
+depend on what the model says (dp=8 streams by construction: its rerun's rollouts end after the killed run's writes).
+The lost node needs rollouts long enough to lose it mid-build: the embedded model's.
 """
 
 import re
@@ -34,8 +35,10 @@ def _placement(out) -> dict:
 
 def test_eight_gpus_dp8_colocates_eight_engines_streams_and_resumes_to_the_uninterrupted_build(cluster, tmp_path,
                                                                                              tiny_tp_model):
-    """K=2 samples at temperature 0.8 (per-row seeds), an evaluation split: killed after its first shard and rerun, the
-    dp=8 build writes exactly what one uninterrupted engine writes, every label and rollout text included."""
+    """The hf backend's K=2 samples at temperature 0.8 (per-row seeds) and an evaluation split: killed after its first
+    shard and rerun, the dp=8 build writes exactly what one uninterrupted engine writes, every label and rollout text
+    included; its samples differ and their baselines are sane. (vLLM's K samples: test_labels.py; its resume:
+    test_job_submit.py.)"""
     import json
 
     import torch
@@ -73,7 +76,13 @@ def test_eight_gpus_dp8_colocates_eight_engines_streams_and_resumes_to_the_unint
         assert {"label.loop", "label.success_rate", "label.mean_logprob"} <= set(labels)
         for name in labels:
             assert torch.equal(resumed[name], whole[name]), (split, name)
-        assert load_rollouts(out, split)["text"].to_pylist() == load_rollouts(reference, split)["text"].to_pylist()
+        rollouts = load_rollouts(out, split).to_pylist()
+        assert [r["text"] for r in rollouts] == load_rollouts(reference, split)["text"].to_pylist()
+        assert all(len(r["token_ids"]) == 2 and len(r["text"]) == 2 for r in rollouts)
+        assert torch.all(whole["label.mean_logprob"] <= 0) and torch.all(whole["label.mean_token_entropy"] >= 0)
+        assert torch.all((whole["label.success_rate"] * 2) % 1 == 0)
+    train = load_rollouts(out, "train").to_pylist()
+    assert any(len({tuple(ids) for ids in row["token_ids"]}) > 1 for row in train)  # sampling, not greedy
 
 
 def test_two_gpus_tp2_gives_one_vllm_engine_both(cluster, tmp_path, tiny_tp_model):
@@ -91,7 +100,7 @@ def test_two_gpus_tp2_gives_one_vllm_engine_both(cluster, tmp_path, tiny_tp_mode
     assert_streamed(tmp_path / "out")
 
 
-def test_two_nodes_of_gpus_spread_the_engines_and_survive_a_lost_node(cluster, tmp_path, tiny_tp_model):
+def test_two_nodes_of_gpus_spread_the_engines_and_survive_a_lost_node(cluster, tmp_path):
     """Engines on 2-GPU nodes (one spare); right after the first shard lands, the node the prepare actor runs on is
     removed. Ray restarts that node's actors on the others (the prepare actor from its constructor's small arguments
     alone: the sources' tables come with each call), the shards already written stay, and the build (rerun, should
@@ -111,8 +120,9 @@ def test_two_nodes_of_gpus_spread_the_engines_and_survive_a_lost_node(cluster, t
     nodes = [cluster.add_node(num_gpus=2, num_cpus=3, node_ip_address="127.0.0.1") for _ in range(3)]
     cluster.wait_for_nodes()
     out, reference = tmp_path / "out", tmp_path / "reference"
-    args = [*SMALL, "--model-id", str(tiny_tp_model), "--backend", "hf", "--dp", "4", "--builtin-size", "24",
-            "--shard-size", "2"]
+    # The embedded model, not the tiny one: its rollouts take long enough that the node is lost mid-build (the tiny
+    # model's were all done before the first shard was written).
+    args = [*SMALL, "--backend", "hf", "--dp", "4", "--builtin-size", "24", "--shard-size", "2"]
     env = {**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONUNBUFFERED": "1"}
     with open(tmp_path / "driver.log", "w") as sink:
         driver = subprocess.Popen([sys.executable, "-m", "raypipe.build", *args, "--out-dir", str(out)], cwd=REPO,
