@@ -91,6 +91,8 @@ def load_source(spec: str, split: str, builtin_size: int, seed: int):
     if path.is_file():
         if path.suffix not in LOCAL_FORMATS:
             raise UserError(f"cannot read {spec}: unsupported file type {path.suffix!r} (use .parquet, .jsonl, .csv)")
+        if path.stat().st_size == 0:  # `datasets` would answer with a bare StopIteration
+            raise UserError(f"dataset {spec} is empty")
         return _read(spec, lambda: datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=[str(path)],
                                                          split="train"))
     if path.is_dir():

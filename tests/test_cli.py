@@ -44,7 +44,7 @@ def test_empty_dataset(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("")
     result = run_cli("raypipe.build", "--train-dataset", str(path), "--out-dir", str(tmp_path / "o"))
-    assert result.returncode == 2 and "raypipe: error:" in result.stderr, result.stderr[-1500:]
+    assert_one_line_error(result, f"dataset {path} is empty")
     assert no_complete_shard(tmp_path / "o")
 
 
