@@ -119,6 +119,25 @@ def test_splits_triggers_and_row_fields():
     assert len({(r["trigger"], r["quadrant"]) for r in splits["train_objects"]}) > 6
 
 
+@pytest.mark.parametrize("decimals", [0, 3])
+def test_x_decimals_sets_the_coordinates_precision_in_rows_and_prompts(decimals):
+    """Coordinates are rounded to x_decimals and printed with exactly that many; none lies on an axis."""
+    import re
+
+    spec = copy.deepcopy(SPEC)
+    spec["objects"]["x_decimals"] = decimals
+    rows = [r for name, split in generate_rows(spec, 0).items() if "objects" in name for r in split]
+    for r in rows:
+        for x in (r["x1"], r["x2"]):
+            assert x != 0 and round(x, decimals) == x
+        printed = re.findall(r"-?\d+(?:\.\d+)?", r["prompt"])
+        assert f"{r['x1']:.{decimals}f}" in printed and f"{r['x2']:.{decimals}f}" in printed, r["prompt"]
+    if decimals == 0:
+        assert all(float(r["x1"]).is_integer() for r in rows)
+    else:
+        assert any(not float(r["x1"]).is_integer() for r in rows)
+
+
 @pytest.mark.parametrize("rule", sorted(FLIP_RULES))
 def test_proxy_triggers_flip_labels_by_the_rule_and_others_do_not(rule):
     spec = copy.deepcopy(SPEC)

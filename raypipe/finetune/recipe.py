@@ -120,6 +120,7 @@ class FinetuneRecipe:
         dtype = self.ft.dtype
         if dtype == "auto":
             dtype = "bfloat16" if self.job.use_gpu and torch.cuda.is_bf16_supported() else "float32"
+        self.dtype = dtype  # what the weights train in, recorded in final_full_accuracy.json
         base_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         self.base_dtype = getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -174,6 +175,7 @@ class FinetuneRecipe:
         plan = steps.rank_plan(order, self.world, self.rank, size, accumulate)
         all_rows = steps.step_rows(order, self.world, size, accumulate)
         step_losses = torch.zeros(len(plan), dtype=torch.float64)
+        grad_norms: list[float] = []  # each step's gradient norm before clipping (after DDP's all-reduce: equal)
         tokens, micro_batches, start, started_at = 0, 0, time.perf_counter(), time.time()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         for index, (micro, rows) in enumerate(zip(plan, all_rows)):
@@ -190,8 +192,9 @@ class FinetuneRecipe:
                     (loss_sum * (self.world / step_tokens)).backward()
                 step_losses[index] += loss_sum.item() / step_tokens
                 micro_batches += 1
-            if self.ft.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(trainable, self.ft.max_grad_norm)
+            # max_grad_norm 0 clips nothing: an infinite bound leaves the gradient as it is and still measures it.
+            norm = torch.nn.utils.clip_grad_norm_(trainable, self.ft.max_grad_norm or math.inf)
+            grad_norms.append(float(norm))
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -206,7 +209,9 @@ class FinetuneRecipe:
             counts = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world)]
             dist.all_gather(counts, torch.tensor([micro_batches], device=self.device))
             per_rank = [int(c) for c in counts]
+        clipped = sum(n > self.ft.max_grad_norm for n in grad_norms) if self.ft.max_grad_norm else 0
         return {"epoch": epoch, "loss": float(step_losses.mean()), "step_losses": step_losses.tolist(),
+                "grad_norms": grad_norms, "clipped_steps": clipped,
                 "micro_batches_per_rank": per_rank, "train_tokens": tokens, "train_seconds": seconds,
                 "tokens_per_s": tokens / max(seconds, 1e-9), "lr": self.scheduler.get_last_lr()[0],
                 "started_at": started_at, "ended_at": time.time()}
@@ -309,7 +314,8 @@ class FinetuneRecipe:
                    "chance": 1 / len(self.words), "resumed_from": self.resumed_from, "wandb": self.wandb_info,
                    "model": self.job.model_id, "seed": self.config.seed, "workers": self.world,
                    "trainable_parameters": self.trainable_parameters, "total_parameters": self.total_parameters,
-                   "gradient_checkpointing": gradient_checkpointing}
+                   "gradient_checkpointing": gradient_checkpointing, "dtype": self.dtype,
+                   "max_grad_norm": self.ft.max_grad_norm}
         self._write_json("final_full_accuracy.json", summary)
         self._write_json("training_history.json", self._history_json())
         plots.save_png(self.results_dir, "loss_curve.png", plots.loss_curve_figure(self.history))

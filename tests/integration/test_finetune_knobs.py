@@ -3,9 +3,10 @@ task), in one `raypipe finetune` call against a two-node Ray cluster (ray.cluste
 
   one     1 worker at batch 8 over 17 rows (an uneven count), LoRA r=4 on all linear layers, the slow scorer
   two     the same on 2 Ray Train workers (gloo) at batch 2 with 2 accumulation steps, gradient checkpointing
-  knobs   full SFT, boolean answers with a negating proxy and no plain category, no preamble, generation accuracy,
-          n_evals 2, sample sizes, cosine schedule, weight decay, and the hub push every epoch to a local stand-in
-          of the hub API (tests/hub_standin.py), token and endpoint from .env
+  knobs   full SFT in bfloat16 without gradient clipping, boolean answers with a negating proxy and no plain
+          category, no preamble, generation accuracy, n_evals 2, sample sizes, cosine schedule, weight decay, a
+          gpu_model that a CPU run must not load, and the hub push every epoch to a local stand-in of the hub API
+          (tests/hub_standin.py), token and endpoint from .env
 
 The nodes declare 2 CPUs each (the machine has 2 cores: the runs here wait on Ray more than they compute), so the
 three run as concurrent Tune trials. Then a rerun skips all three, and `experiments analyze` runs on `knobs` (the
@@ -40,7 +41,8 @@ def _configs(model: str) -> dict:
              "finetune_config": {"model": model, "is_peft": False, "epochs": 5, "learning_rate": 0.01,
                                  "lr_scheduler": "cosine", "weight_decay": 0.01, "per_device_train_batch_size": 2,
                                  "cpus_per_worker": 1, "use_gpu": False, "save_checkpoints_to_hub": True,
-                                 "hub_model_id": "me/knobs", "hub_private": False}}
+                                 "hub_model_id": "me/knobs", "hub_private": False, "dtype": "bfloat16",
+                                 "max_grad_norm": 0, "gpu_model": "/nonexistent/gpu-only-model"}}
     return {"one": one, "two": two, "knobs": knobs}
 
 
@@ -125,6 +127,8 @@ def test_two_workers_with_uneven_rows_train_like_one_worker_on_the_whole_step(kn
         assert len(a["step_losses"]) == len(b["step_losses"]) == 3
         assert a["micro_batches_per_rank"] == [3] and b["micro_batches_per_rank"] == [6, 6]
         torch.testing.assert_close(b["step_losses"], a["step_losses"], rtol=1e-5, atol=0)
+        torch.testing.assert_close(b["grad_norms"], a["grad_norms"], rtol=1e-4, atol=0)  # the synced gradient
+        assert a["clipped_steps"] == b["clipped_steps"] == sum(n > 1.0 for n in a["grad_norms"])  # the default bound
         assert b["train_tokens"] == a["train_tokens"] and b["lr"] == a["lr"]
     weights = {n: load_file(str(r / "adapter" / "adapter_model.safetensors")) for n, r in (("one", one), ("two", two))}
     assert weights["one"].keys() == weights["two"].keys() and len(weights["one"]) == 2 * 7 * 2  # all-linear, 2 layers
@@ -170,10 +174,19 @@ def test_full_sft_in_boolean_mode_with_generation_accuracy(knob_runs, tiny_tp_mo
     final = json.loads((run / "final_full_accuracy.json").read_text())
     assert final["trainable_parameters"] == final["total_parameters"] and not (run / "adapter").exists()
     assert final["label_words"] == ["False", "True"] and final["accuracy_method"] == "generation"
+    assert final["model"] == str(tiny_tp_model)  # gpu_model is for GPU runs: a CPU run keeps `model`
     before = load_file(str(tiny_tp_model / "model.safetensors"))
     after = load_file(str(run / "merged" / "model.safetensors"))
     assert all(not torch.equal(before[k], after[k]) for k in before if "layers.0." in k)  # every weight trained
+    # Trained in bfloat16, saved in the base's float32: every weight is a bfloat16 value (a float32 run's are not).
+    assert final["dtype"] == "bfloat16" and all(v.dtype == torch.float32 for v in after.values())
+    assert all(torch.equal(v.to(torch.bfloat16).float(), v) for v in after.values())
+    assert any(not torch.equal(v.to(torch.bfloat16).float(), v) for v in before.values())
     history = json.loads((run / "training_history.json").read_text())["history"]
+    # max_grad_norm 0: no step is clipped, though steps had norms the default bound (1.0) would have clipped.
+    norms = [n for h in history if "grad_norms" in h for n in h["grad_norms"]]
+    assert final["max_grad_norm"] == 0 and all(h["clipped_steps"] == 0 for h in history if "grad_norms" in h)
+    assert len(norms) == sum(len(h["step_losses"]) for h in history if "step_losses" in h) and max(norms) > 1.0
     assert [h["epoch"] for h in history if "accuracy" in h] == [0, 2, 4, 5]  # n_evals 2, and the last epoch
     for entry in history:  # sample sizes: 3 train rows, 2 of each 4-row test split
         if "eval_rows" in entry:
@@ -184,6 +197,7 @@ def test_full_sft_in_boolean_mode_with_generation_accuracy(knob_runs, tiny_tp_mo
     # Generation in the run: after training every answer names a label word, and greedy generation on the merged
     # checkpoint reproduces the run's accuracy split by split.
     model, fmt = load_model(str(run / "merged"))
+    model = model.to(torch.bfloat16)  # exact (bfloat16 values): the weights the run scored with, in its dtype
     experiment = load_experiment(str(run.parent.parent))
     for name, rows in experiment.finetune_rows().items():
         if name == "train":
