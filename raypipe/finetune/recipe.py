@@ -176,6 +176,8 @@ class FinetuneRecipe:
         all_rows = steps.step_rows(order, self.world, size, accumulate)
         step_losses = torch.zeros(len(plan), dtype=torch.float64)
         grad_norms: list[float] = []  # each step's gradient norm before clipping (after DDP's all-reduce: equal)
+        # max_grad_norm 0 clips nothing: an infinite bound leaves the gradient as it is and still measures it.
+        bound = self.ft.max_grad_norm or math.inf
         tokens, micro_batches, start, started_at = 0, 0, time.perf_counter(), time.time()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         for index, (micro, rows) in enumerate(zip(plan, all_rows)):
@@ -192,9 +194,7 @@ class FinetuneRecipe:
                     (loss_sum * (self.world / step_tokens)).backward()
                 step_losses[index] += loss_sum.item() / step_tokens
                 micro_batches += 1
-            # max_grad_norm 0 clips nothing: an infinite bound leaves the gradient as it is and still measures it.
-            norm = torch.nn.utils.clip_grad_norm_(trainable, self.ft.max_grad_norm or math.inf)
-            grad_norms.append(float(norm))
+            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(trainable, bound)))
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -209,9 +209,8 @@ class FinetuneRecipe:
             counts = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world)]
             dist.all_gather(counts, torch.tensor([micro_batches], device=self.device))
             per_rank = [int(c) for c in counts]
-        clipped = sum(n > self.ft.max_grad_norm for n in grad_norms) if self.ft.max_grad_norm else 0
         return {"epoch": epoch, "loss": float(step_losses.mean()), "step_losses": step_losses.tolist(),
-                "grad_norms": grad_norms, "clipped_steps": clipped,
+                "grad_norms": grad_norms, "clipped_steps": sum(n > bound for n in grad_norms),
                 "micro_batches_per_rank": per_rank, "train_tokens": tokens, "train_seconds": seconds,
                 "tokens_per_s": tokens / max(seconds, 1e-9), "lr": self.scheduler.get_last_lr()[0],
                 "started_at": started_at, "ended_at": time.time()}
