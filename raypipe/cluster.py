@@ -14,8 +14,10 @@ import os
 
 from raypipe.errors import UserError
 
-# Passed to every Ray worker: the test-only fault hook of the stages (stages/base.py) and vLLM's CPU cache size.
-FORWARDED_ENV = ("RAYPIPE_INJECT_FAULT", "RAYPIPE_INJECT_FAULT_STATE", "VLLM_CPU_KVCACHE_SPACE")
+# Passed to every Ray worker, which takes its environment from its node, not from the driver that joins: the test-only
+# fault hook of the stages (stages/base.py), vLLM's CPU cache size, and the user's W&B switch (offline / disabled
+# wins on a cluster too). Never a secret: a job's runtime environment is shown by Ray's dashboard and job records.
+FORWARDED_ENV = ("RAYPIPE_INJECT_FAULT", "RAYPIPE_INJECT_FAULT_STATE", "VLLM_CPU_KVCACHE_SPACE", "WANDB_MODE")
 
 
 def connect(address: str | None = None, quiet: bool = True) -> None:

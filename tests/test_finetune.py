@@ -324,6 +324,23 @@ def test_null_tracker_without_a_project(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_wandb_key_in_dotenv_is_used_and_said_to_come_from_there(tmp_path, monkeypatch):
+    from raypipe.tracking import wandb_run
+
+    (tmp_path / ".env").write_text("WANDB_API_KEY=wandb-unit-secret-0123456789abcdef0123456\n")
+    for name in ("WANDB_API_KEY", "WANDB_SERVICE"):  # set in this process by load_dotenv and by wandb: undone after
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run, info = wandb_run({"wandb_project": "p", "_dotenv": str(tmp_path / ".env")}, str(tmp_path / "out"))
+    run.finish()
+    import wandb
+
+    wandb.teardown()  # its service process goes with the test
+    assert info == {"mode": "offline", "api_key_from": ".env"}
+    assert list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+
+
 # --- command line ----------------------------------------------------------------------------------------------------
 
 @pytest.fixture()

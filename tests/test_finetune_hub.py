@@ -20,6 +20,8 @@ def hub(tmp_path, monkeypatch):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # see tests/hub_standin.py
+    # The suite runs offline (tests/conftest.py); this test's hub is the stand-in on loopback.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     yield standin, str(env)
     standin.stop()
 

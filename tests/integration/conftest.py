@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -12,10 +14,28 @@ BUILD_ARGS = ["--preset", "smollm2_135m", "--builtin-size", "20", "--shard-size"
 
 
 @pytest.fixture(scope="session")
-def local_build(tmp_path_factory):
-    """One real build (local Ray, vLLM CPU, Transformers), shared by the integration tests that only read it."""
+def shared_ray():
+    """{"RAY_ADDRESS": ...} of one local Ray head (this machine's CPUs, loopback) that the CLI runs of the tests join,
+    as under `ray job submit`, instead of each starting its own (about 13 s a start here). Tests about how Ray starts
+    or where work is placed (a dead head, `ray start` under jobs, logical GPUs, lost nodes) start their own."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": os.cpu_count(),
+                                                            "node_ip_address": "127.0.0.1",
+                                                            "include_dashboard": False})
+    try:
+        yield {"RAY_ADDRESS": cluster.address}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def local_build(tmp_path_factory, shared_ray):
+    """One real build (Ray, vLLM CPU, Transformers), shared by the integration tests that only read it."""
     out = tmp_path_factory.mktemp("build") / "out"
-    result = run_cli("raypipe.build", *BUILD_ARGS, "--out-dir", str(out))
+    result = run_cli("raypipe.build", *BUILD_ARGS, "--out-dir", str(out), env=shared_ray)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (out.parent / "console.stdout").write_text(result.stdout)
     (out.parent / "console.stderr").write_text(result.stderr)

@@ -3,6 +3,7 @@ make Ray place GPU-asking actors exactly as on GPUs while the work runs on the C
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,18 @@ from pathlib import Path
 from raypipe.store import read_manifest
 from raypipe.reader import load_split
 from tests.conftest import REPO, run_cli
+
+
+@contextlib.contextmanager
+def logical_gpu_env():
+    """The environment a simulated GPU cluster's nodes start in: no CUDA_VISIBLE_DEVICES. Logical GPUs have no device
+    behind them, and Ray refuses a node that declares more GPUs than the caller's mask lists (an empty mask: none)."""
+    hidden = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    try:
+        yield
+    finally:
+        if hidden is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = hidden
 
 
 def complete_shards(out: Path) -> dict[str, dict]:

@@ -80,10 +80,11 @@ def test_it_streams_first_shard_written_before_the_last_rollout_ends(local_build
     assert min(s["stats"]["write"]["end"] for s in shards) < max(s["stats"]["rollout"]["end"] for s in shards)
 
 
-def test_its_config_from_status_reruns_it_exactly_and_skips_every_complete_shard(local_build, tmp_path):
+def test_its_config_from_status_reruns_it_exactly_and_skips_every_complete_shard(local_build, tmp_path, shared_ray):
     """`raypipe build --config <(raypipe status DIR --config)`: the manifest's config, printed and read back, is the
     same config (the flags that made the build resolve to it too); the manifest's config check takes it, and the
     rerun skips every complete shard and changes nothing."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -101,15 +102,16 @@ def test_its_config_from_status_reruns_it_exactly_and_skips_every_complete_shard
     assert yaml.safe_load(flags.stdout) == yaml.safe_load(printed.stdout)
     before = {p.name: p.stat().st_mtime_ns for p in local_build.rglob("*.safetensors")}
     result = subprocess.run(["bash", "-c", f'"{raypipe}" build --config <("{raypipe}" status "{local_build}" --config)'],
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=900, env={**os.environ, **shared_ray})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "4 already complete, 0 to build" in result.stdout
     assert before == {p.name: p.stat().st_mtime_ns for p in local_build.rglob("*.safetensors")}
 
 
-def test_rerun_with_another_config_is_refused_naming_the_fields(local_build):
+def test_rerun_with_another_config_is_refused_naming_the_fields(local_build, shared_ray):
     manifest_before = (local_build / "manifest.json").read_text()
-    result = run_cli("raypipe.build", *BUILD_ARGS, "--temperature", "0.5", "--out-dir", str(local_build))
+    result = run_cli("raypipe.build", *BUILD_ARGS, "--temperature", "0.5", "--out-dir", str(local_build),
+                     env=shared_ray)
     assert result.returncode == 2
     assert "model.temperature" in result.stderr and "--overwrite" in result.stderr
     assert json.loads((local_build / "manifest.json").read_text()) == json.loads(manifest_before)
@@ -153,9 +155,9 @@ def test_greedy_hf_rollouts_equal_greedy_vllm_rollouts(local_build, embedded_pat
         assert samples[0] == row["token_ids"][0][:64], row["row_id"]
 
 
-def test_backend_none_generates_nothing_and_its_features_equal_the_vllm_builds(local_build, tmp_path):
+def test_backend_none_generates_nothing_and_its_features_equal_the_vllm_builds(local_build, tmp_path, shared_ray):
     out = tmp_path / "none"
-    result = run_cli("raypipe.build", *BUILD_ARGS, "--backend", "none", "--out-dir", str(out))
+    result = run_cli("raypipe.build", *BUILD_ARGS, "--backend", "none", "--out-dir", str(out), env=shared_ray)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     manifest = read_manifest(out)
     assert manifest["labels"] == {} and set(manifest["absent_labels"]) >= {"loop", "correct", "mean_logprob"}

@@ -15,10 +15,10 @@ from tests.conftest import REPO, run_cli
 MARIMO = str(Path(sys.executable).parent / "marimo")
 
 
-def test_the_notebook_runs_headless_and_shows_the_builds_labels(local_build, tmp_path):
+def test_the_notebook_runs_headless_and_shows_the_builds_labels(local_build, tmp_path, shared_ray):
     sweep = tmp_path / "sweep"
     result = run_cli("raypipe.cli", "sweep", "--data-dir", str(local_build), "--out-dir", str(sweep), "--n-folds", "2",
-                     "--resamples", "50")
+                     "--resamples", "50", env=shared_ray)
     assert result.returncode == 0, result.stderr[-2000:]
     html = tmp_path / "explorer.html"
     export = subprocess.run([MARIMO, "export", "html", "--no-include-code", str(REPO / "notebooks" / "explorer.py"),

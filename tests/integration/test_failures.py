@@ -10,15 +10,18 @@ from raypipe.reader import load_split
 from tests.conftest import run_cli
 
 
-def test_failing_shards_are_retried_reported_and_rerun_alone_and_bad_rows_counted(tmp_path):
+def test_failing_shards_are_retried_reported_and_rerun_alone_and_bad_rows_counted(tmp_path, shared_ray,
+                                                                                   tiny_tp_model):
     train, test, out = tmp_path / "train.parquet", tmp_path / "test.parquet", tmp_path / "out"
     good = [f"What is {i} plus {i + 1}?" for i in range(9)]
     pq.write_table(pa.table({"question": good + ["", None, "word " * 3000]}), train)
     pq.write_table(pa.table({"question": ["What is 1+1?", "Name a fruit.", "Count to three."]}), test)
     ood = tmp_path / "ood.parquet"  # an evaluation split with a bad row, whose one shard fails every attempt
     pq.write_table(pa.table({"question": ["Spell cat.", "", "What is 2+2?", "Name a colour."]}), ood)
-    # The hf backend: these paths are the stages', not the engine's, and it starts in seconds.
+    # The hf backend on the tiny random-weight model: these paths are the stages', not the engine's or the model's,
+    # and it starts in seconds.
     args = ["--train-dataset", str(train), "--test-dataset", str(test), "--prompt-field", "question", "--backend", "hf",
+            "--model-id", str(tiny_tp_model), "--layers", "-1",
             "--shard-size", "5", "--max-tokens", "16", "--out-dir", str(out), "--eval-split", f"ood={ood}"]
 
     # train/shard-00001 fails in prefill on every attempt; test/shard-00000's rollout fails once, then succeeds;
@@ -29,7 +32,8 @@ def test_failing_shards_are_retried_reported_and_rerun_alone_and_bad_rows_counte
     faults = ("prefill:train/shard-00001,rollout:test/shard-00000:1,prefill:train/shard-00000:1:fatal,"
               "prepare:train/shard-00002:1:fatal,prefill:ood/shard-00000")
     first = run_cli("raypipe.build", *args,
-                    env={"RAYPIPE_INJECT_FAULT": faults, "RAYPIPE_INJECT_FAULT_STATE": str(tmp_path)})
+                    env={**shared_ray, "RAYPIPE_INJECT_FAULT": faults,
+                         "RAYPIPE_INJECT_FAULT_STATE": str(tmp_path)})
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     assert "2 shard(s) failed:" in first.stderr and "train/shard-00001" in first.stderr, first.stderr[-2000:]
     assert "ood/shard-00000" in first.stderr
@@ -55,7 +59,7 @@ def test_failing_shards_are_retried_reported_and_rerun_alone_and_bad_rows_counte
     status = run_cli("raypipe.cli", "status", str(out))
     assert "train: 2 complete, 1 failed" in status.stdout and "ood: 1 failed" in status.stdout
 
-    second = run_cli("raypipe.build", *args)
+    second = run_cli("raypipe.build", *args, env=shared_ray)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "3 already complete, 2 to build" in second.stdout
     assert load_split(out, "train")["row_id"].tolist() == list(range(9))

@@ -22,6 +22,7 @@ from tests.conftest import REPO, run_cli
 from tests.hub_standin import HubStandIn
 
 TOKEN = "hf_knobs_secret_token_abcdef0123456789"
+HUB_ENV = {"HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0"}
 LABELS = {"Q1": "red", "Q2": "green", "Q3": "blue", "Q4": "orange"}
 
 
@@ -77,12 +78,12 @@ def knob_runs(tmp_path_factory, tiny_tp_model):
     hub = HubStandIn().start()
     (root / ".env").write_text(f"HF_TOKEN={TOKEN}\nHF_ENDPOINT={hub.url}\n")
     # The Cluster's workers inherit this process's environment: huggingface_hub takes LFS, not Xet (the stand-in
-    # has no Xet storage; see tests/hub_standin.py).
-    with mock.patch.dict(os.environ, {"HF_HUB_DISABLE_XET": "1"}):
+    # has no Xet storage; see tests/hub_standin.py), and goes online, to the stand-in only (the suite is offline).
+    with mock.patch.dict(os.environ, HUB_ENV):
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1"})
         cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
     try:
-        env = {"PYTHONPATH": str(REPO), "RAY_ADDRESS": cluster.address}
+        env = {"PYTHONPATH": str(REPO), "RAY_ADDRESS": cluster.address, **HUB_ENV}
         folders = [str(exps[name]) for name in ("one", "knobs", "two")]
         first = run_cli("raypipe.cli", "finetune", *folders, cwd=root, env=env)
         (root / "first.log").write_text(first.stdout + first.stderr)

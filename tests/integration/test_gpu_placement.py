@@ -15,7 +15,7 @@ import re
 import pytest
 
 from raypipe.store import read_manifest
-from tests.integration.simulation import assert_streamed, kill_after_first_shard_then_resume
+from tests.integration.simulation import assert_streamed, kill_after_first_shard_then_resume, logical_gpu_env
 
 SMALL = ["--preset", "smollm2_135m", "--max-tokens", "24", "--layers", "-1", "--positions", "-1"]
 
@@ -24,9 +24,10 @@ SMALL = ["--preset", "smollm2_135m", "--max-tokens", "24", "--layers", "-1", "--
 def cluster():
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
-    yield cluster
-    cluster.shutdown()
+    with logical_gpu_env():  # for the nodes the tests add and the drivers they start
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
+        yield cluster
+        cluster.shutdown()
 
 
 def _placement(out) -> dict:

@@ -31,6 +31,7 @@ def ray_head(tmp_path):
     # The job's `python` is the one on the PATH the head was started with: put this venv first.
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("CUDA_VISIBLE_DEVICES", None)  # a logical GPU: see simulation.logical_gpu_env
     gcs_port, dashboard_port = _free_port(), _free_port()
     # Every port a head listens on, not only the two above: the job agent's default (52365) is fixed, and a Ray still
     # shutting down from an earlier test may hold it; an agent that cannot bind it never registers, and every submit
@@ -56,8 +57,15 @@ def ray_head(tmp_path):
     else:
         pytest.fail("the Ray head did not come up: " + (tmp_path / "head.log").read_text()[-3000:])
     yield address, env
+    # A graceful stop took half a minute (it waits on every worker); nothing of this head is kept, so after a few
+    # seconds its processes, all of which name its temp folder, are killed.
     os.killpg(head.pid, signal.SIGTERM)
-    head.wait(timeout=120)
+    try:
+        head.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=60)
+    subprocess.run(["pkill", "-9", "-f", temp_dir], check=False)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 

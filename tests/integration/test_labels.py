@@ -37,13 +37,13 @@ def _sampled_args(root, backend: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sampled_build(tmp_path_factory):
+def sampled_build(tmp_path_factory, shared_ray):
     """K samples at temperature 0.8, answers, a given column, eoi/marker/answer positions, built with vLLM. (The hf
     backend's K samples, their baselines and their resume: test_gpu_placement.py's dp=8 build; the stages after the
     rollout are the same code for both backends.)"""
     root = tmp_path_factory.mktemp("k4")
     out = root / "out"
-    result = run_cli("raypipe.build", *_sampled_args(root, "vllm"), "--out-dir", str(out))
+    result = run_cli("raypipe.build", *_sampled_args(root, "vllm"), "--out-dir", str(out), env=shared_ray)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -123,7 +123,7 @@ def test_eoi_marker_and_answer_positions(sampled_build, tokenizer, embedded_path
                                    rtol=1e-4)
 
 
-def test_any_stored_label_trains(sampled_build):
+def test_any_stored_label_trains(sampled_build, shared_ray):
     from raypipe.errors import UserError
 
     for label in read_manifest(sampled_build)["labels"]:
@@ -137,7 +137,7 @@ def test_any_stored_label_trains(sampled_build):
         assert features.shape == (len(data.train.labels), 1, 8, 576)
     result = run_cli("raypipe.cli", "sweep", "--data-dir", str(sampled_build), "--out-dir",
                      str(sampled_build.parent / "sweep"), "--label", "mean_logprob", "--no-k-fold",
-                     "--positions", "marker:plus,-1", "--resamples", "50")
+                     "--positions", "marker:plus,-1", "--resamples", "50", env=shared_ray)
     assert result.returncode == 0, result.stderr[-2000:]
     performance = json.loads((sampled_build.parent / "sweep" / "performance.json").read_text())
     assert performance["task_type"] == "regression" and performance["positions"] == ["marker:plus", -1]
@@ -151,11 +151,11 @@ def test_any_stored_label_trains(sampled_build):
      "cannot load NLI model '/nonexistent/nli'"),
     (["--positions", "marker:ZZZ", "--missing-marker", "fail"], "does not contain the marker"),
 ])
-def test_bad_label_input_stops_before_any_shard(tmp_path, args, message):
+def test_bad_label_input_stops_before_any_shard(tmp_path, args, message, shared_ray):
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "What is 2 plus 2?", "answer": "4"}) + "\n")
     out = tmp_path / "out"
     result = run_cli("raypipe.build", "--train-dataset", str(tmp_path / "p.jsonl"), "--test-dataset",
-                     str(tmp_path / "p.jsonl"), *args, "--out-dir", str(out))
+                     str(tmp_path / "p.jsonl"), *args, "--out-dir", str(out), env=shared_ray)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and message in lines[-1] and lines[-1].startswith("raypipe: error:"), \
         result.stderr[-2000:]

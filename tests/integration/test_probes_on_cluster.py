@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
+from tests.integration.simulation import logical_gpu_env
 
 LATE_LAYERS = "25,26,27,28,29"
 
 
 @pytest.fixture(scope="module")
-def real_build(tmp_path_factory):
+def real_build(tmp_path_factory, shared_ray):
     from raypipe.data import arithmetic_problems
 
     root = tmp_path_factory.mktemp("real")
@@ -32,7 +33,7 @@ def real_build(tmp_path_factory):
     result = run_cli("raypipe.build", "--backend", "none", "--train-dataset", str(root / "questions.jsonl"),
                      "--label-column", "answer_value", "--label-column", "sharing", "--layers", "all",
                      "--positions=-8,-7,-6,-5,-4,-3,-2,-1", "--test-fraction", "0.25", "--out-dir", str(out),
-                     "--eval-split", f"other={root / 'other.jsonl'}", env={"RAY_ADDRESS": "local"})
+                     "--eval-split", f"other={root / 'other.jsonl'}", env=shared_ray)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
@@ -106,12 +107,13 @@ def gpu_cluster():
     """A head that keeps no CPUs for tasks and two workers with one logical GPU each (no device behind it)."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
-                                                            "include_dashboard": False})
-    workers = [cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
-    cluster.wait_for_nodes()
-    yield cluster, {worker.node_id for worker in workers}
-    cluster.shutdown()
+    with logical_gpu_env():
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
+                                                                "include_dashboard": False})
+        workers = [cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+        cluster.wait_for_nodes()
+        yield cluster, {worker.node_id for worker in workers}
+        cluster.shutdown()
 
 
 def _blocks_ran_on_workers(blocks, worker_ids, head_id):

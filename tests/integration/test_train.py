@@ -18,7 +18,7 @@ def planted(tmp_path_factory):
     return root / "data"
 
 
-def test_ray_train_probe_finds_the_planted_direction_and_keeps_the_key_secret(planted, tmp_path):
+def test_ray_train_probe_finds_the_planted_direction_and_keeps_the_key_secret(planted, tmp_path, shared_ray):
     from raypipe.probes.linear import load_probe
 
     (tmp_path / ".env").write_text(f"WANDB_API_KEY={SECRET}\n")
@@ -26,7 +26,7 @@ def test_ray_train_probe_finds_the_planted_direction_and_keeps_the_key_secret(pl
     result = run_cli("raypipe.train", "--data-dir", str(planted), "--out-dir", str(out), "--label", "planted",
                      "--layer", "2", "--position", "-1", "--epochs", "40", "--lr", "0.05",
                      "--wandb-project", "raypipe-test", cwd=tmp_path,
-                     env={"WANDB_MODE": "offline"})
+                     env={**shared_ray, "WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert SECRET not in result.stdout + result.stderr
 
@@ -62,11 +62,12 @@ def test_ray_train_probe_finds_the_planted_direction_and_keeps_the_key_secret(pl
             assert SECRET.encode() not in path.read_bytes(), f"the W&B key was written to {path}"
 
 
-def test_a_probe_on_a_noise_layer_scores_near_chance(planted, tmp_path):
+def test_a_probe_on_a_noise_layer_scores_near_chance(planted, tmp_path, shared_ray):
     out = tmp_path / "probe"
     # A relative --out-dir, as users type it: the Ray Train worker runs in another folder and must still write here.
     result = run_cli("raypipe.train", "--data-dir", str(planted), "--out-dir", "probe", "--label", "planted",
-                     "--layer", "0", "--position", "-2", "--epochs", "10", cwd=tmp_path)
+                     "--layer", "0", "--position", "-2", "--epochs", "10", cwd=tmp_path,
+                     env=shared_ray)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert abs(json.loads((out / "evaluation.json").read_text())["test"]["roc_auc"] - 0.5) < 0.15
 
@@ -77,13 +78,14 @@ def test_a_probe_on_a_noise_layer_scores_near_chance(planted, tmp_path):
     (["--layer", "9"], "layer 9 is out of range: this build stored hidden-state layers 0, 1, 2, 3"),
     (["--position", "-4"], "position -4 is out of range: this build stored positions -2, -1"),
 ])
-def test_bad_train_input_is_one_line_and_exit_2(planted, tmp_path, args, message):
+def test_bad_train_input_is_one_line_and_exit_2(planted, tmp_path, args, message, shared_ray):
     import re
 
     for command in (["raypipe.train"], ["raypipe.train", "--sweep"]):
         if command[-1] == "--sweep":  # the sweep takes --layers/--positions lists
             args = [{"--layer": "--layers", "--position": "--positions"}.get(a, a) for a in args]
-        result = run_cli(*command, "--data-dir", str(planted), "--out-dir", str(tmp_path / "out"), *args)
+        result = run_cli(*command, "--data-dir", str(planted), "--out-dir", str(tmp_path / "out"), *args,
+                         env=shared_ray)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and re.search(message, lines[0]), result.stderr[-2000:]
         assert lines[0].startswith("raypipe: error: ")

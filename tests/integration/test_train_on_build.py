@@ -6,13 +6,13 @@ from raypipe.store import read_manifest
 from tests.conftest import run_cli
 
 
-def test_train_and_sweep_run_on_an_embedded_build(local_build, tmp_path):
+def test_train_and_sweep_run_on_an_embedded_build(local_build, tmp_path, shared_ray):
     counts = read_manifest(local_build)["labels"]["loop"]["counts"]["train"]
     assert set(counts) == {"0", "1"}, f"the fixture build needs both classes, got {counts}"
 
     probe = tmp_path / "probe"
     result = run_cli("raypipe.train", "--data-dir", str(local_build), "--out-dir", str(probe), "--layer", "15",
-                     "--position", "-3", "--epochs", "5", "--val-fraction", "0")
+                     "--position", "-3", "--epochs", "5", "--val-fraction", "0", env=shared_ray)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     config = json.loads((probe / "probe_config.json").read_text())
     assert (config["layer"], config["position"], config["label"], config["hidden_size"]) == (15, -3, "loop", 576)
@@ -23,7 +23,7 @@ def test_train_and_sweep_run_on_an_embedded_build(local_build, tmp_path):
 
     sweep = tmp_path / "sweep"
     result = run_cli("raypipe.train", "--sweep", "--data-dir", str(local_build), "--out-dir", str(sweep),
-                     "--n-folds", "2", "--resamples", "100")
+                     "--n-folds", "2", "--resamples", "100", env=shared_ray)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     performance = json.loads((sweep / "performance.json").read_text())
     assert performance["layers"] == [0, 15, 30] and performance["positions"] == [-3, -1]
