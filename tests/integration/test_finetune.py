@@ -8,8 +8,9 @@
            the same command; W&B offline, the key in .env
 
 `uninterrupted` and `resumed` check the mechanics (resume, logs, secrets, no pickles); `plain` and `proxy` are the
-`slow` tier (the science, about 10 minutes on 2 cores; `-m 'not slow'` leaves it out). All four run side by side on
-one Ray head, one torch thread per run. The science:
+`slow` tier (the science, about 10 minutes on 2 cores, in every run; `-m 'not slow'` leaves it out). All run on one
+Ray head, one torch thread per run, two at a time: four side by side took longer in all than two pairs one after the
+other (583 s against 530 s, measured in two runs of the suite here). The science:
 `plain` goes from a measured near-chance start to >= 0.9 ID accuracy; `resumed` ends with the same adapter weights
 and history as `uninterrupted` (equality needs no learning, so that pair is small: the test tier's time); on
 `proxy`, patching the last position at the last layer hands the twin the trigger prompt's logit difference, and
@@ -126,36 +127,26 @@ def _finetune(root, ray_head, folders: dict, killed=None) -> dict:
 
 
 @pytest.fixture(scope="session")
-def finetunes(request, tmp_path_factory, ray_head):
-    """Every finetune of this file side by side on the one head: `uninterrupted` in the background while `resumed`
-    (the same config) is killed after epoch 1's checkpoint and rerun (the mechanics), and, when a `slow` test is
-    selected, `plain` and `proxy` (the science). Side by side, the small pair runs on the core that the longer
-    science runs leave idle as they end one after the other."""
+def runs(tmp_path_factory, ray_head):
+    """`uninterrupted` in the background while `resumed` (the same config) is killed after epoch 1's checkpoint and
+    rerun: the finetune's mechanics, in CI."""
     root = tmp_path_factory.mktemp("finetune")
     uninterrupted = write_experiment(root / "uninterrupted", SMALL)
     resumed = write_experiment(root / "resumed", SMALL, {"wandb_project": "raypipe-test"})
     (root / ".env").write_text(f"WANDB_API_KEY={SECRET}\n")
-    folders = {"uninterrupted": uninterrupted}
-    if any(item.get_closest_marker("slow") for item in request.session.items):
-        folders.update(plain=write_experiment(root / "plain", PLAIN), proxy=write_experiment(root / "proxy", PROXY))
-    out = _finetune(root, ray_head, folders, killed=resumed)
-    return {"root": root, "folders": folders, "resumed": resumed, "out": out}
+    out = _finetune(root, ray_head, {"uninterrupted": uninterrupted}, killed=resumed)
+    return {"root": root, "resumed": resumed / "seed_0", "uninterrupted": uninterrupted / "seed_0",
+            "exp": resumed, "ray": ray_head, **out}
 
 
 @pytest.fixture(scope="session")
-def runs(finetunes):
-    """The finetune's mechanics (resume, logs, secrets, no pickles): `uninterrupted` and the killed `resumed`."""
-    resumed = finetunes["resumed"]
-    return {"root": finetunes["root"], "resumed": resumed / "seed_0",
-            "uninterrupted": finetunes["folders"]["uninterrupted"] / "seed_0", "exp": resumed, **finetunes["out"]}
-
-
-@pytest.fixture(scope="session")
-def science(finetunes, ray_head):
-    """`plain` and `proxy`: the finetune's science (the `slow` tier)."""
-    folders = finetunes["folders"]
-    return {"root": finetunes["root"], "plain": folders["plain"] / "seed_0", "proxy": folders["proxy"] / "seed_2",
-            "ray": ray_head}
+def science(tmp_path_factory, ray_head):
+    """`plain` and `proxy`, side by side: the finetune's science (the `slow` tier)."""
+    root = tmp_path_factory.mktemp("science")
+    plain = write_experiment(root / "plain", PLAIN)
+    proxy = write_experiment(root / "proxy", PROXY)
+    _finetune(root, ray_head, {"plain": plain, "proxy": proxy})
+    return {"root": root, "plain": plain / "seed_0", "proxy": proxy / "seed_2", "ray": ray_head}
 
 
 @pytest.mark.slow
