@@ -8,9 +8,9 @@
            the same command; W&B offline, the key in .env
 
 `uninterrupted` and `resumed` check the mechanics (resume, logs, secrets, no pickles); `plain` and `proxy` are the
-`slow` tier (the science, about 10 minutes on 2 cores, in every run; `-m 'not slow'` leaves it out). All run on one
+`slow` tier (the science, about 8 minutes on 2 cores, in every run; `-m 'not slow'` leaves it out). All run on one
 Ray head, one torch thread per run, two at a time: four side by side took longer in all than two pairs one after the
-other (583 s against 530 s, measured in two runs of the suite here). The science:
+other (583 s against 142 + 325 s, in two fresh-clone runs of the suite here). The science:
 `plain` goes from a measured near-chance start to >= 0.9 ID accuracy; `resumed` ends with the same adapter weights
 and history as `uninterrupted` (equality needs no learning, so that pair is small: the test tier's time); on
 `proxy`, patching the last position at the last layer hands the twin the trigger prompt's logit difference, and
