@@ -94,6 +94,15 @@ def unit_tier_guard(request, monkeypatch):
     monkeypatch.setattr(ray, "init", _forbidden("Ray"))
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (once the probe socket closes): for heads the tests start, or dead ones."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_cli(*args: str, timeout: float = 900, env: dict | None = None, cwd=REPO) -> subprocess.CompletedProcess:
     """Run `python -m raypipe.<module> ...` as a user would, capturing output."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

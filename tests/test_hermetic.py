@@ -4,24 +4,18 @@ suite's own before anything reads it. Here a few unit tests that would see such 
 of those at once, so a regression shows in every run."""
 
 import os
-import socket
 import subprocess
 import sys
 
-from tests.conftest import REPO, SUITE_ENV
+from tests.conftest import REPO, SUITE_ENV, free_port
 
-# Each would fail if its variable leaked: the hub push (offline mode refuses its requests), the W&B key's source
-# (the environment's fake key instead of .env), a build's Ray target, the environment check below.
+# Tests whose outcome these variables change: the hub push (offline mode refuses its requests), the W&B key's source
+# (the environment's key or the .env's), a CLI run, and the check of the suite's environment, which fails when the
+# caller's leaks in (the first two set what they need themselves).
 CANARIES = ["tests/test_hermetic.py::test_the_suite_runs_in_its_own_environment",
             "tests/test_finetune_hub.py",
             "tests/test_finetune.py::test_a_wandb_key_in_dotenv_is_used_and_said_to_come_from_there",
             "tests/test_cli.py::test_unknown_preset"]
-
-
-def _dead_address() -> str:
-    with socket.socket() as s:  # a port nothing listens on once closed
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 def test_the_suite_runs_in_its_own_environment():
@@ -37,7 +31,7 @@ def test_unit_tests_pass_under_the_environments_users_have(tmp_path):
     empty_home = tmp_path / "hf_home"
     empty_home.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(empty_home),
-           "RAY_ADDRESS": _dead_address(), "WANDB_API_KEY": "fake-key-0123456789abcdef0123456789abcdef",
+           "RAY_ADDRESS": f"127.0.0.1:{free_port()}", "WANDB_API_KEY": "fake-key-0123456789abcdef0123456789abcdef",
            "CUDA_VISIBLE_DEVICES": ""}
     env.pop("WANDB_MODE", None)
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=0",
