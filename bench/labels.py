@@ -1,6 +1,14 @@
-"""Correctness-label benchmark: the answer labeler against the one before issue 11, on the hand-checked fixture.
+"""Correctness-label benchmark: the answer labeler against the one before issue 11, on the hand-checked fixture;
+then, per public dataset format, the labels a build gives against the one before issue 24.
 
     .venv/bin/python bench/labels.py [--repeats 5]
+
+Public formats (tests/fixtures/public_formats: real rows of GSM8K, MATH, MATH-500, TriviaQA, Natural Questions,
+SQuAD, MMLU and ARC in their published schemas, with judged outputs of several styles): each row goes through the
+build's own source reading (`open_sources`, `read_rows`: dotted answer fields, options, templates) with the flags
+FORMATS gives (those of configs/ and docs/datasets.md), then `matching.judge` with the resolved --answer-match and a
+thinking model's `</think>`. Before: issue 11's `is_correct(text, str(value))` on the same outputs. Precision and
+recall of `correct` per format; the bar is 0.98 and 0.95 (tests/test_public_formats.py holds it).
 
 Both labelers label every row of tests/fixtures/answers.jsonl (276 real outputs with hand judgements):
   before : `is_correct(text, reference)` of raypipe/labels/answers.py at BASELINE_COMMIT (last boxed, else the last
@@ -23,7 +31,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "answers.jsonl"
+PUBLIC = REPO / "tests" / "fixtures" / "public_formats"
+HELD_OUT = REPO / "tests" / "fixtures" / "public_formats_heldout"  # written after the matcher, never tuned on
 BASELINE_COMMIT = "a5e8d9d"  # the last commit before issue 11
+# The source flags of each public format, as configs/ and docs/datasets.md give them.
+FORMATS = {
+    "gsm8k": {"prompt_field": "question"},  # 'answer' holds the solution; its value after '####' is judged
+    "math": {"prompt_field": "problem", "answer_field": "solution"},  # the solution's last \\boxed{}
+    "math500": {"prompt_field": "problem", "answer_field": "answer"},
+    "triviaqa": {"prompt_field": "question", "answer_field": "answer.aliases"},
+    "nq_open": {"prompt_field": "question", "answer_field": "answer"},
+    "squad": {"prompt_template": "{context}\n\nQuestion: {question}", "answer_field": "answers.text"},
+    "mmlu": {"prompt_template": "{question}\n{choices}", "answer_field": "answer", "options_field": "choices"},
+    "arc": {"prompt_template": "{question}\n{choices.text}", "answer_field": "answerKey",
+            "options_field": "choices.text"},
+}
+ANSWER_AFTER = "</think>"  # what the presets that think set; no effect on a sample without it
 
 
 def baseline_labeler():
@@ -36,9 +59,9 @@ def baseline_labeler():
 
 
 def current_labeler():
-    from raypipe.labels import answers
+    from raypipe.labels import matching
 
-    return lambda row: answers.is_correct(row["text"], row["reference"], row["finish_reason"])
+    return lambda row: matching.is_correct(row["text"], row["reference"], row["finish_reason"])
 
 
 def precision_recall(label, rows: list[dict]) -> tuple[float, float, int, int, int]:
@@ -58,6 +81,52 @@ def seconds_per_pass(label, rows: list[dict]) -> float:
     for row in rows:
         label(row)
     return time.perf_counter() - start
+
+
+def public_rows(name: str, fixtures: Path = PUBLIC) -> list[dict]:
+    return [json.loads(line) for line in (fixtures / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+
+
+def score_format(name: str, labeler: str = "after", fixtures: Path = PUBLIC) -> dict:
+    """Precision and recall of `correct` on one public format's judged outputs, read as a build reads the rows."""
+    import tempfile
+
+    from raypipe.config import BuildConfig, SourceConfig, get_preset
+    from raypipe.data import open_sources, read_rows
+    from raypipe.labels.matching import judge
+    from raypipe.labels.references import Reference
+    from raypipe.plan import answer_match
+
+    fixture = public_rows(name, fixtures)
+    with tempfile.TemporaryDirectory() as folder:
+        data = Path(folder) / f"{name}.jsonl"
+        import datasets
+
+        datasets.disable_progress_bars()
+        data.write_text("".join(json.dumps(item["row"]) + "\n" for item in fixture))
+        config = BuildConfig(out_dir=folder, model=get_preset("smollm2_135m"),
+                             source=SourceConfig(train_dataset=str(data), test_fraction=0.5, **FORMATS[name]))
+        sources, _ = open_sources(config.source)
+        rows, skipped = read_rows(sources["train"], list(range(len(fixture))), list(range(len(fixture))))
+        match = answer_match(config, sources)
+    assert len(rows) == len(fixture), (name, skipped)
+    if labeler == "before":
+        old = baseline_labeler()
+        predict = lambda row, out: old({"text": out["text"], "reference": row["answer"]})  # noqa: E731
+    else:
+        predict = lambda row, out: judge(out["text"], out["finish_reason"],  # noqa: E731
+                                         Reference.from_json(row["reference"]), match, answer_after=ANSWER_AFTER)[0]
+    predicted, actual = [], []
+    for row, item in zip(rows, fixture):
+        for output in item["outputs"]:
+            predicted.append(bool(predict(row, output)))
+            actual.append(bool(output["correct"]))
+    tp = sum(p and a for p, a in zip(predicted, actual))
+    fp = sum(p and not a for p, a in zip(predicted, actual))
+    fn = sum(a and not p for p, a in zip(predicted, actual))
+    return {"format": name, "match": "choice" if "options_field" in FORMATS[name] else match, "rows": len(rows),
+            "outputs": len(actual), "correct": sum(actual), "predicted": tp + fp,
+            "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1), "fp": fp, "fn": fn}
 
 
 def main() -> None:
@@ -81,6 +150,21 @@ def main() -> None:
         print(f" after, {source} rows only ({len(subset)}): {per_sample:.1f} us/sample")
     print(f" after, first pass (cold): {cold / len(rows) * 1e6:.1f} us/sample")
     print(f" ratio after/before: {timings['after'] / timings['before']:.1f}x")
+
+    for fixtures in (PUBLIC, HELD_OUT):
+        if not fixtures.is_dir():
+            continue
+        print(f"\npublic formats, {fixtures.relative_to(REPO)} (correct): before issue 24 -> after")
+        for name in [name for name in FORMATS if (fixtures / f"{name}.jsonl").is_file()]:
+            before, after = score_format(name, "before", fixtures), score_format(name, "after", fixtures)
+            print(f"{name:>9} ({after['outputs']:3d} outputs, {after['correct']:3d} right, match {after['match']:>6}): "
+                  f"precision {_rate(before, 'precision')} -> {_rate(after, 'precision')}  "
+                  f"recall {before['recall']:.3f} -> {after['recall']:.3f}  (after: fp {after['fp']}, fn {after['fn']})")
+
+
+def _rate(result: dict, name: str) -> str:
+    """A precision, or '  -  ' when the labeller called nothing correct (no precision to speak of)."""
+    return f"{result[name]:.3f}" if result["predicted"] else "  -  "
 
 
 if __name__ == "__main__":

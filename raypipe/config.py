@@ -107,6 +107,9 @@ class ModelConfig:
     loop_k: int = knob(20, "... occurs at least this many times (loop_probe's 30 and 20).")
     num_samples: int = knob(1, "K samples per prompt (vLLM's n); labels over samples need K >= 2.")
     entropy_top_k: int = knob(20, "Top-k logprobs behind the entropy/logprob baselines (0: off).")
+    answer_after: str | None = knob(None, "End-of-thinking marker of a reasoning model ('</think>'): a sample's "
+                                          "final answer is read after it when the sample has it (a sample cut off "
+                                          "before it has none); the presets that think set it.")
     vllm: VllmConfig = field(default_factory=VllmConfig)
     hf: HfConfig = field(default_factory=HfConfig)
     prefill_actors: int = knob(1, "Transformers actors computing hidden states (cpu and separate placements).")
@@ -132,14 +135,17 @@ PRESETS: dict[str, ModelConfig] = {
     for preset in [
         ModelConfig(
             name="qwq_32b", model_id="Qwen/QwQ-32B", vllm=VllmConfig(tp=8), dp=1, max_tokens=30000,
+            answer_after="</think>",
             description="QwQ-32B reasoning model, one 8-GPU tensor-parallel engine",
         ),
         ModelConfig(
             name="openthinker3_7b", model_id="open-thoughts/OpenThinker3-7B", dp=8, max_tokens=30000,
+            answer_after="</think>",
             description="OpenThinker3-7B, eight single-GPU engines",
         ),
         ModelConfig(
             name="openthinker3_1p5b", model_id="open-thoughts/OpenThinker3-1.5B", dp=8, max_tokens=30000,
+            answer_after="</think>",
             description="OpenThinker3-1.5B, eight single-GPU engines",
         ),
         # The embedded default: a real 135M chat model that ships in a package, for CPU machines and tests.
@@ -171,21 +177,35 @@ class SourceConfig:
     """Where prompts come from and how they become the train and test splits."""
 
     train_dataset: str | None = knob(None, "Hub dataset, local .parquet/.jsonl/.csv file or folder, "
-                                           "trigger:EXPERIMENT, or builtin:arithmetic (the default).")
+                                           "trigger:EXPERIMENT, or builtin:arithmetic (the default); a hub or "
+                                           "local dataset's config after '#': openai/gsm8k#main.")
     train_split: str = knob("train", "Split of the train source.")
-    test_dataset: str | None = knob(None, "Separate test source; without it the train source is split.")
+    test_dataset: str | None = knob(None, "Separate test source (SOURCE or SOURCE#CONFIG); without it the train "
+                                          "source is split.")
     test_split: str = knob("test", "Split of the test source.")
-    prompt_field: str = knob("prompt", "Column holding the prompt text.")
+    prompt_field: str = knob("prompt", "Column holding the prompt text (a field inside a record by dotted path).")
+    prompt_template: str | None = knob(None, "The prompt built from the row's columns instead: '{question}' and "
+                                             "dotted paths ('{answers.text}') are replaced by their values, a list "
+                                             "as lettered lines ('A. ...'); '{{' and '}}' are braces.")
     id_field: str | None = knob(None, "Column of unique integer ids to use as row_id (default: the row's index in "
                                       "its source).")
     test_fraction: float = knob(0.1, "Test share of a single source's deterministic split.")
     seed: int = knob(0, "Seed of the split, the built-in source and sampling.")
     max_samples: int | None = knob(None, "Use at most this many rows of each source.")
     chat_template: bool = knob(True, "Apply the chat template to raw questions (off for pre-formatted prompts).")
+    chat_template_args: list[str] = knob(help="Switch of the chat template, KEY=VALUE with a JSON value "
+                                              "(enable_thinking=false for Qwen3; repeatable).", factory=list,
+                                         flags=("--chat-template-arg",))
     truncate_long_prompts: bool = knob(False, "Keep the last max_model_len - 1 tokens of a too-long prompt instead "
                                               "of skipping it.")
-    answer_field: str | None = knob(None, "Column of reference answers: labels correct, success_rate ('answer' is "
-                                          "used when a source has it; the built-in source has answers).")
+    answer_field: str | None = knob(None, "Column of reference answers, or a field inside one by dotted path "
+                                          "(answer.aliases, answers.text): labels correct, success_rate ('answer' "
+                                          "is used when a source has it). A GSM8K solution's value after '####' "
+                                          "and a solution's last \\boxed{} are the answer; a list holds answers "
+                                          "that are all right.")
+    options_field: str | None = knob(None, "Column (or dotted path: choices.text) of a multiple-choice row's "
+                                           "options; the reference is then the right option's index (0 = first), "
+                                           "letter (A = first) or text.")
     label_columns: list[str] = knob(help="Source column stored as a label, as given (repeatable).", factory=list,
                                     flags=("--label-column",))
     builtin_size: int = knob(128, "Rows generated by the built-in arithmetic source.")
@@ -193,12 +213,28 @@ class SourceConfig:
                                        "source's rows (repeatable).", factory=list, flags=("--eval-split",))
 
     def __post_init__(self) -> None:
+        self.template_args()  # validate early
         if not 0.0 < self.test_fraction < 1.0:
             raise UserError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.max_samples is not None and self.max_samples < 1:
             raise UserError(f"max_samples must be at least 1, got {self.max_samples}")
         if self.test_dataset is not None and self.train_dataset is None:
             raise UserError("--test-dataset needs --train-dataset")
+
+    def template_args(self) -> dict[str, Any]:
+        """--chat-template-arg KEY=VALUE entries as the keyword arguments of apply_chat_template."""
+        import json
+
+        args = {}
+        for entry in self.chat_template_args:
+            key, sep, value = entry.partition("=")
+            if not sep or not key.strip().isidentifier():
+                raise UserError(f"--chat-template-arg takes KEY=VALUE (enable_thinking=false), got {entry!r}")
+            try:
+                args[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                args[key.strip()] = value  # a bare word is text
+        return args
 
 
 @dataclass
@@ -209,11 +245,13 @@ class FeatureConfig:
                               "0 = embeddings).")
     positions: str = knob("-1", "Comma-separated prompt positions: offsets from the end ('-3,-1'), 'eoi' (the chat "
                                 "template's post-instruction tokens), 'marker:TEXT' (last token of TEXT's last "
-                                "occurrence), 'answer:-N' (N-th last token of prompt + first sample; SEP's "
-                                "'answer:-2').")
+                                "occurrence in the prompt), 'answer:-N' (N-th last token of prompt + first sample; "
+                                "SEP's 'answer:-2'), 'rollout:TEXT' (last token of TEXT's first occurrence in the "
+                                "first sample: 'rollout:</think>').")
     eoi_tokens: int | None = knob(None, "Override the detected number of post-instruction tokens.")
-    missing_marker: Literal["skip", "fail"] = knob("skip", "A prompt without the marker: skip (and count) or fail "
-                                                           "(stop before any work).")
+    missing_marker: Literal["skip", "fail"] = knob("skip", "A prompt (or first sample, for rollout:) without the "
+                                                           "marker: skip (and count) or fail (a prompt's: before "
+                                                           "any work; a sample's: the build, naming the row).")
 
     def position_specs(self) -> list[int | str]:
         """The parsed --positions: negative ints, 'eoi', and 'marker:TEXT' entries, in order."""
@@ -221,6 +259,11 @@ class FeatureConfig:
         for part in self.positions.split(","):
             part = part.strip()
             if part == "eoi" or (part.startswith("marker:") and len(part) > len("marker:")):
+                specs.append(part)
+                continue
+            if part.startswith("rollout:"):
+                if len(part) == len("rollout:"):
+                    raise UserError("--positions rollout entries are 'rollout:TEXT' (a marker such as </think>)")
                 specs.append(part)
                 continue
             if part.startswith("answer:"):
@@ -266,6 +309,7 @@ class FeatureConfig:
 
 SemanticMethod = Literal["auto", "answer", "nli", "embedding", "off"]
 DEFAULT_EMBEDDING_MODEL = "embedded:all-MiniLM-L6-v2"
+DEFAULT_NLI_MODEL = "mrm8488/deberta-v3-small-finetuned-mnli"  # the SEP seed's deberta-v3-small-mnli
 
 
 @dataclass
@@ -274,21 +318,28 @@ class LabelConfig:
 
     semantic_method: SemanticMethod = knob("auto", "Semantic-entropy clustering: auto (answer equality when rows "
                                                    "have answers, else embeddings), answer, nli, embedding, off.")
-    nli_model: str | None = knob(None, "NLI model (local path or hub id) for --semantic-method nli.")
+    nli_model: str = knob(DEFAULT_NLI_MODEL, "NLI model (local path or hub id) for --semantic-method nli (the SEP "
+                                             "seed's DeBERTa-v3-small MNLI).")
     embedding_model: str = knob(DEFAULT_EMBEDDING_MODEL, "Sentence-embedding model (path or hub id) for the cosine "
                                                          "fallback.")
     similarity_threshold: float = knob(0.9, "Cosine similarity at which two samples mean the same.")
     se_threshold: float | None = knob(None, "semantic_entropy_high = entropy > this; default: the best split of the "
                                             "train values, found after the build.")
-    answer_match: Literal["auto", "math", "exact"] = knob("auto", "How final answers are compared with references: "
-                                                                  "math (math-verify), exact (normalised string), "
-                                                                  "auto (math when the references look "
-                                                                  "mathematical).")
+    answer_match: Literal["auto", "math", "exact", "f1"] = knob("auto", "How final answers are compared with "
+                                                                        "references: math (math-verify), exact "
+                                                                        "(normalised string), f1 (SQuAD token F1 "
+                                                                        "of short free-form answers), auto (math "
+                                                                        "when the references look mathematical, "
+                                                                        "else f1). Multiple choice (an options "
+                                                                        "column) compares the option picked.")
+    f1_threshold: float = knob(0.5, "Token F1 at which a free-form answer matches a reference (--answer-match f1).")
 
     def __post_init__(self) -> None:
         check_choices(self)
         if self.semantic_method == "nli" and not self.nli_model:
             raise UserError("--semantic-method nli needs --nli-model (a local path or hub id)")
+        if not 0.0 < self.f1_threshold <= 1.0:
+            raise UserError(f"--f1-threshold must be in (0, 1], got {self.f1_threshold}")
         if not -1.0 <= self.similarity_threshold <= 1.0:
             raise UserError(f"--similarity-threshold must be in [-1, 1], got {self.similarity_threshold}")
 

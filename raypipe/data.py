@@ -17,7 +17,9 @@ from typing import Any
 
 from raypipe.config import SourceConfig
 from raypipe.errors import UserError
+from raypipe.labels.references import FieldPath, Reference, check_path, display, read_reference
 from raypipe.positions import row_offsets
+from raypipe.prompt_template import PromptTemplate
 
 BUILTIN_PREFIX = "builtin:"
 LOCAL_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -28,9 +30,10 @@ class PromptRow:
     row_id: int
     prompt: str  # exactly the text given to the model (chat template applied, when asked)
     prompt_token_ids: list[int]
-    answer: str | None = None
+    answer: str | None = None  # the reference as the row gives it (references.display)
     columns: dict[str, float] = field(default_factory=dict)  # given label columns, carried into the shards
     offsets: list[int] | None = None  # this row's negative offset per feature position (markers vary by row)
+    reference: str | None = None  # what samples are judged against: a Reference as JSON (references.py)
 
 
 # --- the built-in source -------------------------------------------------------------------------------------------
@@ -68,14 +71,29 @@ def arithmetic_problems(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 # --- loading -------------------------------------------------------------------------------------------------------
 
+def split_config(spec: str) -> tuple[str, str | None]:
+    """SOURCE#CONFIG -> (SOURCE, CONFIG): a dataset's config (`openai/gsm8k#main`, `mandarjoshi/trivia_qa#rc.nocontext`,
+    `cais/mmlu#all`), what `datasets.load_dataset` takes as its second argument; (SOURCE, None) without one."""
+    source, sep, config = spec.partition("#")
+    if sep and (not source or not config.strip()):
+        raise UserError(f"a source's config follows '#' (openai/gsm8k#main), got {spec!r}")
+    return source, config.strip() if sep else None
+
+
 def load_source(spec: str, split: str, builtin_size: int, seed: int):
-    """Load one split of a dataset spec as a `datasets.Dataset`; failures become one-line UserErrors.
+    """Load one split of a dataset spec (SOURCE or SOURCE#CONFIG) as a `datasets.Dataset`; failures become one-line
+    UserErrors.
 
     A local file is one split whatever the split name. A local folder is read as `datasets` reads it: its splits
     come from its file names (the hub's `data/train-00000-of-00001.parquet` layout, or `train.jsonl`, ...), or from
-    a `save_to_disk` layout; a split it does not have is an error that lists the ones it has.
+    a `save_to_disk` layout; a split it does not have is an error that lists the ones it has. A folder with configs
+    (its README.md's `configs:`, as a hub dataset with configs is laid out) needs one named, and lists them.
     """
     import datasets
+
+    spec, config = split_config(spec)
+    if config is not None and (spec.startswith(("trigger:", BUILTIN_PREFIX)) or Path(spec).expanduser().is_file()):
+        raise UserError(f"{spec} has no configs (a config follows '#' only for a hub dataset or a dataset folder)")
 
     if spec.startswith("trigger:"):  # the 2-D trigger task's generated rows and their no-trigger twins
         from raypipe.tasks.source import probe_source_rows
@@ -97,16 +115,30 @@ def load_source(spec: str, split: str, builtin_size: int, seed: int):
                                                          split="train"))
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            if config is not None:
+                raise UserError(f"{spec} is a saved dataset (save_to_disk), which has no configs")
             return _saved_split(path, spec, split)
-        splits = _read(spec, lambda: [str(s) for s in datasets.load_dataset_builder(str(path)).config.data_files])
+        _check_config(spec, config, _read(spec, lambda: datasets.get_dataset_config_names(str(path))))
+        splits = _read(spec, lambda: [str(s) for s in
+                                      datasets.load_dataset_builder(str(path), config).config.data_files])
         _check_split(spec, split, splits)
-        return _read(spec, lambda: datasets.load_dataset(str(path), split=split))
+        return _read(spec, lambda: datasets.load_dataset(str(path), config, split=split))
     if spec.startswith((".", "/", "~")) or Path(spec).suffix in LOCAL_FORMATS:
         raise UserError(f"cannot read {spec}: no such file or folder")
     try:
-        return datasets.load_dataset(spec, split=split)
+        return datasets.load_dataset(spec, config, split=split)
     except Exception as exc:  # noqa: BLE001 - hub errors come in many types
-        raise UserError(f"cannot load dataset {spec!r} split {split!r}: {_first_line(exc)}") from exc
+        named = f"{spec!r} config {config!r}" if config else repr(spec)
+        raise UserError(f"cannot load dataset {named} split {split!r}: {_first_line(exc)}") from exc
+
+
+def _check_config(spec: str, config: str | None, configs: list[str]) -> None:
+    """A folder with several configs needs one named (as the hub's load_dataset does); a named one must exist."""
+    declared = [c for c in configs if c != "default"]
+    if config is None and len(declared) > 1:
+        raise UserError(f"{spec} has configs {', '.join(declared)}; name one: {spec}#{declared[0]}")
+    if config is not None and config not in configs:
+        raise UserError(f"{spec} has no config {config!r}; its configs are: {', '.join(configs)}")
 
 
 def _saved_split(path: Path, spec: str, split: str):
@@ -158,20 +190,35 @@ class Source:
 
     spec: str
     table: Any  # pyarrow.Table, or an ObjectRef of one inside a Ray stage
-    prompt_field: str
-    answer_field: str | None
+    prompt: FieldPath | PromptTemplate  # the prompt column (or a field in one), or a template over columns
+    answer: FieldPath | None  # the reference answers (references.py)
     label_columns: list[str]
     id_field: str | None
     features: Any = None  # datasets.Features: how to decode columns Arrow cannot type (mixed JSON values)
     classes: dict[str, list[str]] = field(default_factory=dict)  # categorical label column -> its class names
+    options: FieldPath | None = None  # a multiple-choice row's options
 
     def column(self, part, name: str) -> list:
         values = part.column(name).to_pylist()
         return self.features.decode_column(values, name) if self.features is not None else values
 
     @property
+    def answer_field(self) -> str | None:
+        return None if self.answer is None else str(self.answer)
+
+    @property
     def has_answers(self) -> bool:
-        return self.answer_field is not None and self.table.column(self.answer_field).null_count < len(self.table)
+        return self.answer is not None and self.table.column(self.answer.column).null_count < len(self.table)
+
+    def references(self, part) -> list:
+        """The Reference (references.py) of each row of a table slice; None where a row has none."""
+        if self.answer is None:
+            return [None] * len(part)
+        answers = _field_values(self.column(part, self.answer.column), self.answer)
+        options = _field_values(self.column(part, self.options.column), self.options) if self.options \
+            else [None] * len(part)
+        return [read_reference(value, choices) if not isinstance(value, _Unreadable) else
+                Reference(error=value.reason) for value, choices in zip(answers, options)]
 
 
 @dataclass
@@ -288,25 +335,58 @@ def label_classes(sources) -> dict[str, list[str]]:
 
 
 def read_rows(source: Source, indices: list[int], row_ids: list[int]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The usable rows among these indices as {'row_id', 'question', 'answer', 'columns'}; a missing, empty or
-    non-string prompt is skipped and counted by reason, never fails the build."""
+    """The usable rows among these indices as {'row_id', 'question', 'answer', 'reference', 'columns'}; a missing,
+    empty or non-string prompt (or a template field without a value) is skipped and counted by reason, never fails
+    the build. 'answer' is the reference as the row gives it (a GSM8K solution whole), 'reference' what is judged."""
     import pyarrow as pa
 
     part = source.table.take(pa.array(indices, type=pa.int64()))
-    questions = source.column(part, source.prompt_field)
-    answers = source.column(part, source.answer_field) if source.answer_field else [None] * len(indices)
+    if isinstance(source.prompt, PromptTemplate):
+        values = {name: source.column(part, name) for name in source.prompt.columns}
+        questions = [source.prompt.render({name: column[i] for name, column in values.items()})
+                     for i in range(len(indices))]
+        missing = "missing_template_value"
+    else:
+        questions = _field_values(source.column(part, source.prompt.column), source.prompt)
+        missing = "missing_prompt"
+    answers = source.column(part, source.answer.column) if source.answer else [None] * len(indices)
+    references = source.references(part)
     columns = {name: source.column(part, name) for name in source.label_columns}
     rows, skipped = [], {}
-    for i, (question, answer, row_id) in enumerate(zip(questions, answers, row_ids)):
-        reason = ("missing_prompt" if question is None else "non_string_prompt" if not isinstance(question, str)
+    for i, (question, answer, reference, row_id) in enumerate(zip(questions, answers, references, row_ids)):
+        reason = (missing if question is None or isinstance(question, _Unreadable)
+                  else "non_string_prompt" if not isinstance(question, str)
                   else "empty_prompt" if not question.strip() else None)
         if reason:
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
-        rows.append({"row_id": row_id, "question": question, "answer": None if answer is None else str(answer),
+        rows.append({"row_id": row_id, "question": question,
+                     "answer": display(answer if source.answer is None or not source.answer.inner
+                                       else _field_values([answer], source.answer)[0]),
+                     "reference": None if reference is None else reference.to_json(),
                      "columns": {name: _label_value(values[i], source.classes.get(name))
                                  for name, values in columns.items()}})
     return rows, skipped
+
+
+class _Unreadable:
+    """A row whose value has no field at a dotted path: the reason, for the row's count."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _field_values(values: list, path: FieldPath) -> list:
+    """Each row's value at a dotted path inside its column value; _Unreadable where the field is missing."""
+    if not path.inner:
+        return values
+    out = []
+    for value in values:
+        try:
+            out.append(path.get(value))
+        except KeyError as exc:
+            out.append(_Unreadable(f"no field {exc.args[0]}"))
+    return out
 
 
 def load_splits(config: SourceConfig) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, int]]]:
@@ -327,24 +407,45 @@ def _label_value(value, classes: list[str] | None) -> float:
 
 
 def _source(dataset, spec: str, config: SourceConfig) -> Source:
-    """Check a loaded dataset's columns and ids before any work, and keep only the columns a build reads."""
+    """Check a loaded dataset's columns, fields and ids before any work, and keep only the columns a build reads."""
     import numpy as np
     import pyarrow.types as pat
 
     names = dataset.column_names
-    if config.prompt_field not in names:
-        raise UserError(f"prompt field {config.prompt_field!r} is not in {spec}; its columns are: {', '.join(names)}")
+    if config.prompt_template:
+        prompt = PromptTemplate.parse(config.prompt_template, names, spec)
+        for _, path in prompt.fields:
+            check_path(path, dataset.features[path.column], spec, "--prompt-template field")
+        prompt_columns = prompt.columns
+    else:
+        prompt = FieldPath.parse(config.prompt_field, names)
+        if prompt.column not in names:
+            raise UserError(f"prompt field {config.prompt_field!r} is not in {spec}; its columns are: "
+                            f"{', '.join(names)}")
+        check_path(prompt, dataset.features[prompt.column], spec, "prompt field")
+        prompt_columns = [prompt.column]
     if config.id_field is not None and config.id_field not in names:
         raise UserError(f"id field {config.id_field!r} is not in {spec}; its columns are: {', '.join(names)}")
-    for column in ([config.answer_field] if config.answer_field else []) + list(config.label_columns):
+    answer_name = config.answer_field or ("answer" if "answer" in names else None)
+    answer = options = None
+    for kind, name in (("answer field", answer_name), ("options field", config.options_field)):
+        if name is None:
+            continue
+        path = FieldPath.parse(name, names)
+        if path.column not in names:
+            raise UserError(f"{kind} {name!r} is not in {spec}; its columns are: {', '.join(names)}")
+        check_path(path, dataset.features[path.column], spec, kind)
+        answer, options = (path, options) if kind == "answer field" else (answer, path)
+    if options is not None and answer is None:
+        raise UserError(f"--options-field {config.options_field!r} needs --answer-field: {spec} has no 'answer' "
+                        f"column naming the right option")
+    for column in config.label_columns:
         if column not in names:
-            kind = "answer field" if column == config.answer_field else "label column"
-            raise UserError(f"{kind} {column!r} is not in {spec}; its columns are: {', '.join(names)}")
+            raise UserError(f"label column {column!r} is not in {spec}; its columns are: {', '.join(names)}")
     if len(dataset) == 0:
         raise UserError(f"dataset {spec} is empty")
-    answer_field = config.answer_field or ("answer" if "answer" in names else None)
-    columns = list(dict.fromkeys(c for c in (config.prompt_field, answer_field, config.id_field,
-                                             *config.label_columns) if c))
+    columns = list(dict.fromkeys(c for c in (*prompt_columns, answer and answer.column, options and options.column,
+                                             config.id_field, *config.label_columns) if c))
     if getattr(dataset, "_indices", None) is not None:  # a selected view: its rows in order, as a plain table
         dataset = dataset.flatten_indices()
     table = dataset.data.table.select(columns)
@@ -368,14 +469,16 @@ def _source(dataset, spec: str, config: SourceConfig) -> Source:
             raise UserError(f"id field {config.id_field!r} of {spec} has duplicate ids, e.g. "
                             f"{values[counts > 1][:5].tolist()}")
     features = dataset.features if any(type(dataset.features[c]).__name__ != "Value" for c in columns) else None
-    return Source(spec, table, config.prompt_field, answer_field, list(config.label_columns), config.id_field,
-                  features)
+    return Source(spec, table, prompt, answer, list(config.label_columns), config.id_field, features,
+                  options=options)
 
 
 # --- templating and tokenization -----------------------------------------------------------------------------------
 
-def to_prompt_rows(rows: list[dict[str, Any]], tokenizer, chat_template: bool) -> list[PromptRow]:
-    """Apply the chat template (or not) and tokenize once: vLLM and Transformers both get these exact ids."""
+def to_prompt_rows(rows: list[dict[str, Any]], tokenizer, chat_template: bool,
+                   template_args: dict[str, Any] | None = None) -> list[PromptRow]:
+    """Apply the chat template (or not; with its switches, such as enable_thinking) and tokenize once: vLLM and
+    Transformers both get these exact ids."""
     if not rows:
         return []
     if chat_template:
@@ -383,14 +486,14 @@ def to_prompt_rows(rows: list[dict[str, Any]], tokenizer, chat_template: bool) -
             raise UserError("the model's tokenizer has no chat template; pass --no-chat-template for raw prompts")
         texts = [
             tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}],
-                                          add_generation_prompt=True, tokenize=False)
+                                          add_generation_prompt=True, tokenize=False, **(template_args or {}))
             for r in rows
         ]
     else:
         texts = [r["question"] for r in rows]
     # A templated prompt already holds its special tokens; a raw one gets the tokenizer's (e.g. BOS), as vLLM does.
     encoded = tokenizer(texts, add_special_tokens=not chat_template)["input_ids"]
-    return [PromptRow(r["row_id"], text, list(ids), r["answer"], r.get("columns", {}))
+    return [PromptRow(r["row_id"], text, list(ids), r["answer"], r.get("columns", {}), reference=r.get("reference"))
             for r, text, ids in zip(rows, texts, encoded)]
 
 

@@ -19,6 +19,7 @@ from raypipe.config import BuildConfig
 from raypipe.errors import UserError
 from raypipe.manifest import Manifest
 from raypipe.plan import BuildInputs, ShardPlan, plan_shards, prepare
+from raypipe.positions import rollout_markers
 
 STAGES = ("prepare", "rollout", "label", "prefill", "write")
 ACTOR_TASK_RETRIES = 2  # times Ray Data gives a shard to a fresh actor after its actor ended on a fatal error
@@ -150,7 +151,8 @@ def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan], 
     warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
     actor_args = {"max_restarts": -1, "max_task_retries": ACTOR_TASK_RETRIES}
     rollout = {"model_id": model.model_id, "model": model, "seed": config.source.seed, "backend": config.backend,
-               "retries": retries}
+               "retries": retries, "rollout_markers": rollout_markers(inputs.positions),
+               "missing_marker": config.features.missing_marker}
     prefill = {"model_id": model.model_id, "dtype": model.dtype, "layers": inputs.layers,
                "positions": inputs.positions, "batch_tokens": model.prefill_batch_tokens,
                "trust_remote_code": model.trust_remote_code, "retries": retries}

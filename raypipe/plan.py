@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from raypipe.config import BuildConfig
 from raypipe.data import Source, SplitRows, open_sources, read_rows, to_prompt_rows
 from raypipe.errors import UserError
-from raypipe.positions import expand_positions
+from raypipe.positions import expand_positions, reads_rollout
 from raypipe.store import shard_name
 
 SPLITS = ("train", "test")  # every build has these; evaluation splits come after them, named by the user
@@ -30,7 +30,7 @@ class BuildInputs:
     num_layers: int
     hidden_size: int
     layers: list[int]
-    positions: list[int | str]  # negative offsets and 'marker:TEXT' / 'answer:-N' entries, as the manifest records
+    positions: list[int | str]  # negative offsets, 'marker:TEXT' / 'answer:-N' / 'rollout:TEXT', as the manifest records
     labels: dict[str, dict]  # the labels this build has, with definitions (labels.catalog.plan)
     sources: dict[str, Source]
     splits: dict[str, SplitRows]
@@ -84,7 +84,8 @@ def prepare(config: BuildConfig) -> BuildInputs:
         raise UserError(f"--tp {config.model.vllm.tp} must divide the model's {heads} attention heads (tensor "
                         f"parallelism splits them); use a tp that does")
     layers = config.features.layer_list(num_layers)
-    positions = expand_positions(config.features.position_specs(), tokenizer, config.features.eoi_tokens)
+    positions = expand_positions(config.features.position_specs(), tokenizer, config.features.eoi_tokens,
+                                 config.source.template_args())
     if config.source.chat_template and not getattr(tokenizer, "chat_template", None):
         raise UserError("the model's tokenizer has no chat template; pass --no-chat-template for raw prompts")
     check_semantic_models(config)
@@ -92,11 +93,13 @@ def prepare(config: BuildConfig) -> BuildInputs:
         check_markers(sources, splits, positions, tokenizer, config)
     has_answers = any(source.has_answers for source in sources.values())
     rollouts = config.backend != "none"
-    if not rollouts and any(isinstance(p, str) and p.startswith("answer:") for p in positions):
-        raise UserError("--positions answer:-N reads the first sample's tokens; --backend none generates none")
+    if not rollouts and reads_rollout(positions):
+        raise UserError("--positions answer:-N and rollout:TEXT read the first sample's tokens; --backend none "
+                        "generates none")
     labels = catalog.plan(config.model, config.labels, config.source.label_columns, has_answers,
                           answer_match(config, sources) if has_answers else "math", rollouts=rollouts,
-                          classes=sources["train"].classes)
+                          classes=sources["train"].classes,
+                          multiple_choice=any(source.options is not None for source in sources.values()))
     absent = {} if rollouts else catalog.absent_without_rollouts(config.model, config.labels,
                                                                   config.source.label_columns, has_answers)
     return BuildInputs(_local_path(model_path), num_layers, hidden_size, layers, positions, labels, sources, splits,
@@ -104,14 +107,21 @@ def prepare(config: BuildConfig) -> BuildInputs:
 
 
 def answer_match(config: BuildConfig, sources) -> str:
-    """--answer-match, with auto resolved from (up to 1,000 of) the references: math when they look mathematical."""
+    """--answer-match, with auto resolved from (up to 1,000 of) the references: math when they look mathematical,
+    else f1 (short free-form answers)."""
     if config.labels.answer_match != "auto":
         return config.labels.answer_match
+    import pyarrow as pa
+
     from raypipe.labels.answers import answer_match_default
 
-    references = [value for source in sources.values() if source.answer_field
-                  for value in source.table.column(source.answer_field).slice(0, 1000).to_pylist()]
-    return answer_match_default([None if value is None else str(value) for value in references])
+    references = []
+    for source in sources.values():
+        if source.answer is not None:
+            part = source.table.take(pa.array(range(min(1000, len(source.table))), type=pa.int64()))
+            references += [answer for reference in source.references(part) if reference is not None
+                           for answer in reference.answers[:1]]
+    return answer_match_default(references)
 
 
 def check_markers(sources, splits, positions, tokenizer, config: BuildConfig) -> None:
@@ -123,7 +133,7 @@ def check_markers(sources, splits, positions, tokenizer, config: BuildConfig) ->
         for row in rows:
             missing = [m for m in markers if m not in row["question"]]
             if missing and config.source.chat_template:  # the template itself may hold the marker
-                text = to_prompt_rows([row], tokenizer, True)[0].prompt
+                text = to_prompt_rows([row], tokenizer, True, config.source.template_args())[0].prompt
                 missing = [m for m in missing if m not in text]
             if missing:
                 raise UserError(f"row {row['row_id']}: its prompt does not contain the marker of --positions "

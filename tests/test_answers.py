@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from raypipe.labels.answers import (answer_match_default, answers_equal, extract_answer, final_answer,
-                                    final_answer_key, is_correct, last_boxed, normalize_answer)
+                                    final_answer_key, last_boxed, normalize_answer)
+from raypipe.labels.matching import is_correct
 from raypipe.labels.semantic import answer_clusters, best_split_threshold, cluster_entropy, greedy_clusters
 
 FIXTURE = Path(__file__).parent / "fixtures" / "answers.jsonl"
@@ -166,7 +167,7 @@ def test_prose_references_are_never_compared_as_algebra():
 
 def test_answer_match_default():
     assert answer_match_default(["2", "\\frac{1}{2}", "(1, 3]", None]) == "math"
-    assert answer_match_default(["red", "Paris", "blue whale", "7"]) == "exact"
+    assert answer_match_default(["red", "Paris", "blue whale", "7"]) == "f1"  # prose: short free-form answers
     assert answer_match_default(["x^2+1", "n", "yes"]) == "math"
     assert answer_match_default([None]) == "math"
 
@@ -222,7 +223,8 @@ def test_a_timer_already_set_is_set_again_after_a_comparison():
 
 
 def test_math_libraries_load_only_when_a_comparison_needs_them():
-    code = ("import sys; from raypipe.labels.answers import final_answer_key, is_correct; "
+    code = ("import sys; from raypipe.labels.answers import final_answer_key; "
+            "from raypipe.labels.matching import is_correct; "
             "assert is_correct('#### 1,000', '1000') and final_answer_key('The answer is 0.5') == '1/2'; "
             "print(sorted(m for m in ('sympy', 'math_verify') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

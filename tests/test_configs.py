@@ -24,6 +24,31 @@ def sections(path: Path) -> list[str]:
     return [c for c in options.COMMANDS if c in data] or ["build"]
 
 
+# configs/datasets/ name hub datasets; a test reads local copies in the hub's layout (tests/public_datasets.py),
+# made from the fixture rows of each dataset's published format: hub id -> (fixture, {config: [splits]}).
+HUB_COPIES = {"openai/gsm8k": ("gsm8k", {"main": ["train", "test"]}),
+              "HuggingFaceH4/MATH-500": ("math500", {"default": ["test"]}),
+              "mandarjoshi/trivia_qa": ("triviaqa", {"rc.nocontext": ["train", "validation"]}),
+              "rajpurkar/squad": ("squad", {"plain_text": ["train", "validation"]}),
+              "cais/mmlu": ("mmlu", {"all": ["test"], "anatomy": ["test"]})}
+
+
+def local_copy(spec: str, root: Path) -> str:
+    """SOURCE#CONFIG with a hub id replaced by a local copy of the same layout (rows from the format's fixture)."""
+    from raypipe.data import split_config
+    from tests.public_datasets import fixture_rows, write_hub_layout
+
+    hub_id, config = split_config(spec)
+    if hub_id not in HUB_COPIES:
+        return spec
+    fixture, configs = HUB_COPIES[hub_id]
+    folder = root / "hub" / hub_id
+    if not folder.exists():
+        rows = [item["row"] for item in fixture_rows(fixture)]
+        write_hub_layout(folder, {name: {split: rows for split in splits} for name, splits in configs.items()})
+    return f"{folder}#{config}" if config else str(folder)
+
+
 def write_inputs(root: Path) -> Path:
     """A folder holding what the configs read by relative path: SEP's graded questions (bench/sep.py writes them,
     and their story-worded OOD split, as the config's comment says) and the trigger experiment (a copy of the template `raypipe finetune
@@ -33,6 +58,19 @@ def write_inputs(root: Path) -> Path:
                    check=True, capture_output=True)
     shutil.copytree(REPO / "experiments" / "2d_0proxy", root / "runs" / "np")
     return root
+
+
+def sources_have_references(config) -> bool:
+    """Every row of the copy has a readable reference with these flags (the fields exist, none is a record)."""
+    import pyarrow as pa
+
+    from raypipe.data import open_sources
+
+    sources, _ = open_sources(config.source)
+    for source in sources.values():
+        references = source.references(source.table.take(pa.array(range(len(source.table)), type=pa.int64())))
+        assert all(r is not None and r.readable for r in references), references
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +98,13 @@ def test_a_shipped_config_parses_and_plans(path, inputs, monkeypatch):
             continue
         if path.parent.name == "presets":
             assert config.model.name == path.stem
+        if path.parent.name == "datasets":  # hub datasets: their local copies, in the same layout
+            import dataclasses
+
+            config.source = dataclasses.replace(config.source, **{
+                name: local_copy(getattr(config.source, name), inputs) for name in ("train_dataset", "test_dataset")
+                if getattr(config.source, name)})
+            assert config.source.answer_field and sources_have_references(config)
         sources, splits = open_sources(config.source)
         plans = plan_shards(splits, config.shard_size)
         named = [split.name for split in eval_splits(config.source)]

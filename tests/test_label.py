@@ -101,7 +101,7 @@ def test_rows_and_samples_without_a_final_answer_are_counted_per_shard():
     # row 2's "#### 5" was cut off at the token limit: no final answer there either
     assert labels["correct"] == [1.0, 0.0] and labels["success_rate"] == [0.5, 0.0]
     assert shard["answer_counts"] == {"rows_with_reference": 2, "no_final_answer": 1,
-                                      "samples_without_final_answer": 3}
+                                      "samples_without_final_answer": 3, "unreadable_reference": 0}
 
 
 # --- the catalog: planning, derivation, counts (labels/catalog.py) --------------------------------------------------

@@ -11,7 +11,10 @@ What counts as a sample's final answer, in order:
    3 boxes, ...", "when a = 2") and in a clause that qualifies the value (", which occurs when ...", " that ...", but
    ", which is 26" restates it); else the only number after "so / therefore / thus / hence ..." in it; else the
    sentence itself when it is nothing but a value ("12", "$\\frac12$"). A last sentence that points back or remarks
-   ("This is the total number of shells.", "This is a classic example of ...") defers to the sentence before it.
+   ("This is the total number of shells.", "This is a classic example of ...") defers to the sentence before it;
+5. else, when that last sentence is short (20 words at most), asks nothing, hedges nothing ("maybe", "I think",
+   "about") and holds exactly one number, that number ("It takes 3 bolts of fiber in total.", "**540 meters**"; the
+   number words zero to twenty count, as digits).
 A number anywhere else in the text is never the answer, and a sample without a final answer is incorrect. The answer
 is returned as written; `final_answer_key` normalises it for clustering.
 
@@ -99,11 +102,15 @@ def final_answer(text: str, finish_reason: str | None = None) -> str | None:
         return explicit
     sentences = _sentences(lines[-1])
     last = _stated_value(sentences[-1]) if sentences else None
-    if last is not None or not sentences or not _BACK_REFERENCE.match(sentences[-1]):
+    if last is not None or not sentences:
         return last
-    # The last sentence points back ("This is the total number of shells."): the value is in the one before.
+    if not _BACK_REFERENCE.match(sentences[-1]):
+        return _lone_number(sentences[-1])
+    # The last sentence points back ("This is the total number of shells."): the value is in the one before; else
+    # its own lone number ("It takes 3 bolts of fiber in total.": a dummy subject, not a pointer).
     earlier = sentences[:-1] or (_sentences(lines[-2]) if len(lines) > 1 else [])
-    return _stated_value(earlier[-1]) if earlier else None
+    before = _stated_value(earlier[-1]) if earlier else None
+    return before if before is not None else _lone_number(sentences[-1])
 
 
 extract_answer = final_answer  # the name older callers use
@@ -119,6 +126,31 @@ def _explicit_answer(tail: str) -> str | None:
         if value:
             return value
     return None
+
+
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
+_COUNTED = re.compile(r"(?<![\w.,^_(/*+=])(?:[-−]?\d+(?:,\d{3})*(?:\.\d+)?|" + "|".join(_NUMBER_WORDS) + r")(?![\w]|[.,]\d)",
+                      re.IGNORECASE)
+MAX_WORDS_LONE_NUMBER = 20
+# A hedged number is not a committed answer: "no idea, maybe 12 apples", "I think about 12 things", "hmm 3".
+_HEDGE = re.compile(r"\b(?:maybe|perhaps|probably|possibly|guess|think|about|around|roughly|approximately|hmm+|"
+                    r"not\s+sure|no\s+idea|might|could)\b|,\s*maybe", re.IGNORECASE)
+
+
+def _lone_number(sentence: str) -> str | None:
+    """Rule 5: a short last sentence with one number and no stated value gives that number ("It takes 3 bolts of
+    fiber in total.", "**540 meters**", "The graph has two vertical asymptotes."; number words up to twenty as
+    digits); a sentence with two numbers, a condition or a question gives none."""
+    plain = _DELIMITERS.sub(" ", sentence)
+    if len(plain.split()) > MAX_WORDS_LONE_NUMBER or "?" in plain or _CONDITION.match(plain.lstrip()) or \
+            _HEDGE.search(plain):
+        return None
+    numbers = _COUNTED.findall(plain)
+    if len(numbers) != 1:
+        return None
+    number = numbers[0].replace("−", "-")
+    return str(_NUMBER_WORDS.index(number.lower())) if number.lower() in _NUMBER_WORDS else number
 
 
 def _sentences(line: str) -> list[str]:
@@ -241,7 +273,8 @@ _WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|operatorname)\s*\{(.*)\}"
 _PLAIN_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+")
 _FRACTIONS = (re.compile(r"([-+]?)\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(-?\d+)\s*\}"),
               re.compile(r"([-+]?)(\d+)\s*/\s*(\d+)"), re.compile(r"([-+]?)\\[dt]?frac(\d)(\d)"))
-_MATHEMATICAL = re.compile(r"[0-9\\^=<>{}\[\]()/+*√π∞]|^\s*-|^\s*[A-Za-z]\s*$")
+_MATHEMATICAL = re.compile(r"[0-9\\^=<>{}\[\]()/+*√π∞]|^\s*-|^\s*[A-Za-z]\s*$|"
+                           r"(?<![A-Za-z])[A-Za-z]\s*-\s*[A-Za-z](?![A-Za-z])")  # 'p - q', not 'well-known'
 
 
 def normalize_answer(answer: str | None) -> str | None:
@@ -287,7 +320,8 @@ def _canonical(number: Fraction) -> str:
 
 
 def _reference_answer(reference) -> str | None:
-    """A reference answer as a string, the content of its box when it is boxed; None when the row has none."""
+    """A reference answer as a string, the content of its box when it is boxed; None when the row has none.
+    (references.py reads references in every shape: GSM8K solutions, lists, multiple choice.)"""
     if reference is None or (isinstance(reference, float) and reference != reference):
         return None
     text = str(reference).strip()
@@ -301,10 +335,10 @@ def looks_mathematical(answer: str) -> bool:
 
 def answer_match_default(references: list[str | None]) -> str:
     """'math' when at least half of the present references look mathematical (numbers, LaTeX, fractions ...), else
-    'exact'; 'math' when there are none."""
+    'f1' (short free-form answers: SQuAD's token F1); 'math' when there are none."""
     present = [text for text in (_reference_answer(reference) for reference in references) if text is not None]
     mathematical = sum(looks_mathematical(text) for text in present)
-    return "math" if 2 * mathematical >= len(present) else "exact"
+    return "math" if 2 * mathematical >= len(present) else "f1"
 
 
 def answers_equal(answer: str, reference: str, match: str = "math") -> bool:
@@ -327,16 +361,6 @@ def answers_equal(answer: str, reference: str, match: str = "math") -> bool:
     if _bounded(_numerically_different, gold[0], predicted[0], default=False):
         return False  # most wrong answers end here, without sympy's simplify
     return bool(_bounded(_math_verify().verify, gold, predicted, timeout_seconds=None, default=False))
-
-
-def is_correct(text: str, reference, finish_reason: str | None = None, match: str = "math") -> bool:
-    """Whether the sample's final answer equals the reference answer; a sample without a final answer, or a row
-    without a reference, is not correct."""
-    expected = _reference_answer(reference)
-    if expected is None:
-        return False
-    answer = final_answer(text, finish_reason)
-    return answer is not None and answers_equal(answer, expected, match)
 
 
 def final_answer_key(text: str, finish_reason: str | None = None) -> str | None:
@@ -462,7 +486,9 @@ def _parsed(answer: str) -> list:
 def _parse(answer: str) -> list:
     """The answer read as LaTeX math, which also takes plain forms such as 'sqrt(2)/2' and '2^(n-1)'."""
     math_verify = _math_verify()
-    text = answer.strip()
+    # A root written with the symbol ('3√13', '√(x+1)'): LaTeX's \\sqrt, which math-verify reads.
+    text = re.sub(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\([^()]*\)|\{[^{}]*\})",
+                  lambda root: "\\sqrt{" + root.group(1).strip("(){}") + "}", answer.strip())
     return math_verify.parse(text if text.startswith("$") else f"${text}$",
                              extraction_config=[math_verify.LatexExtractionConfig()], parsing_timeout=None)
 

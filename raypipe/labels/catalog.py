@@ -22,13 +22,16 @@ DEFINITIONS = {
             "else 0",
     "loop_fraction": "fraction of the K samples that loop (has_ngram_loop with the same n, k)",
     "max_tokens_fraction": "fraction of the K samples that stopped at the max-token limit (finish_reason 'length')",
-    "correct": "1 if the first sample's final answer equals the row's reference answer, else 0; NaN without a "
-               "reference. The final answer is the sample's last complete \\boxed{}, else an explicit answer "
-               "statement at its end ('the answer is X', 'final answer: X', '#### X', a last sentence stating a "
-               "value); "
-               "a sample cut off at the token limit has none unless it boxed one before the cut. A sample without a "
-               "final answer is incorrect, and counted in no_final_answer. Equal: by math-verify (match=math) or by "
-               "normalised string (match=exact)",
+    "correct": "1 if the first sample's final answer matches the row's reference, else 0; NaN without a "
+               "reference or with one that cannot be read (counted in unreadable_reference). References: a string "
+               "(a GSM8K solution's value after '####', a solution's last \\boxed{}), a list of right answers, or "
+               "a multiple-choice row's right option. The final answer is the sample's last complete \\boxed{}, "
+               "else an explicit answer statement at its end ('the answer is X', 'final answer: X', '#### X', a "
+               "last sentence stating a value), read after answer_after (a thinking model's '</think>') when the "
+               "sample has it; a sample cut off at the token limit has none unless it boxed one before the cut. A "
+               "sample without a final answer is incorrect, and counted in no_final_answer. Matching: math-verify "
+               "(match=math), normalised string (exact), SQuAD token F1 >= f1_threshold over the answer's spans "
+               "(f1), the option picked by letter or text (multiple choice)",
     "success_rate": "fraction of the K samples whose final answer is correct, as for `correct` (the probe "
                     "pipeline's regression label)",
     "semantic_entropy": "entropy (nats) of the frequencies of the K samples' meaning clusters (greedy clustering)",
@@ -61,7 +64,8 @@ def given_label(column: str, classes: list[str] | None = None) -> dict:
 
 
 def plan(model, config, columns: Sequence[str], has_answers: bool, answer_match: str = "math",
-         rollouts: bool = True, classes: dict[str, list[str]] | None = None) -> dict[str, dict]:
+         rollouts: bool = True, classes: dict[str, list[str]] | None = None,
+         multiple_choice: bool = False) -> dict[str, dict]:
     """The labels a build will have, with their definitions, as the manifest records them. `answer_match` is the
     resolved --answer-match (math or exact); `classes`: the categorical columns' class names. Without rollouts
     (--backend none) only the given columns are labels."""
@@ -83,7 +87,8 @@ def plan(model, config, columns: Sequence[str], has_answers: bool, answer_match:
     labels["loop"]["params"] = {"n": model.loop_n, "k": model.loop_k}
     if has_answers:
         for name in ("correct", "success_rate"):
-            labels[name]["params"] = {"match": answer_match}
+            labels[name]["params"] = {"match": answer_match, "f1_threshold": config.f1_threshold,
+                                      "answer_after": model.answer_after, "multiple_choice": multiple_choice}
     if method:
         labels["semantic_entropy"]["params"] = {"method": method, "nli_model": config.nli_model,
                                                 "embedding_model": config.embedding_model,
@@ -120,28 +125,39 @@ def _fraction(flags) -> float:
     return sum(flags) / len(flags) if flags else float("nan")
 
 
-Cluster = Callable[[list[str], list[str]], list[int]]  # (texts, finish reasons) -> cluster ids
+# (texts, finish reasons, the row's Reference or None) -> cluster ids
+Cluster = Callable[[list[str], list[str], Any], list[int]]
 
 
-def row_labels(samples: list[list[int]], texts: list[str], finish: list[str], answer: str | None, *, loop_n: int,
-               loop_k: int, cluster: Cluster | None = None, match: str = "math") -> dict[str, float]:
-    """Every rollout-derived label of one prompt from its K samples (cluster: the semantic clustering, or None).
-    `_answered` counts the samples with a final answer (for the manifest's no_final_answer), first sample first."""
-    from raypipe.labels.answers import final_answer, is_correct
+def row_labels(samples: list[list[int]], texts: list[str], finish: list[str], reference, *, loop_n: int,
+               loop_k: int, cluster: Cluster | None = None, match: str = "math", f1_threshold: float = 0.5,
+               answer_after: str | None = None) -> dict[str, float]:
+    """Every rollout-derived label of one prompt from its K samples (reference: a references.Reference, a plain
+    answer string, or None; cluster: the semantic clustering, or None). `_answered` counts the samples with a final
+    answer (for the manifest's no_final_answer), first sample first; `_unreadable` marks a reference that could not
+    be read (its labels are NaN)."""
+    from raypipe.labels.matching import judge
+    from raypipe.labels.references import Reference, read_reference
     from raypipe.labels.semantic import cluster_entropy
 
+    if reference is not None and not isinstance(reference, Reference):
+        reference = read_reference(reference)
     loops = [has_ngram_loop(ids, loop_n, loop_k) for ids in samples]
     labels: dict[str, float] = {"loop": int(loops[0]), "loop_fraction": _fraction(loops),
                                 "max_tokens_fraction": _fraction(reason == "length" for reason in finish)}
-    if answer is not None:
-        correct = [is_correct(text, answer, reason, match) for text, reason in zip(texts, finish)]
+    if reference is not None and reference.readable:
+        judged = [judge(text, reason, reference, match, f1_threshold, answer_after)
+                  for text, reason in zip(texts, finish)]
+        correct = [right for right, _ in judged]
         labels["correct"], labels["success_rate"] = float(correct[0]), _fraction(correct)
-        answered = [final_answer(text, reason) is not None for text, reason in zip(texts, finish)]
-        labels["_first_answered"], labels["_answered"] = float(answered[0]), float(sum(answered))
+        labels["_first_answered"] = float(judged[0][1])
+        labels["_answered"] = float(sum(answered for _, answered in judged))
     else:
         labels["correct"] = labels["success_rate"] = float("nan")
+        if reference is not None:
+            labels["_unreadable"] = 1.0
     if cluster is not None:
-        labels["semantic_entropy"] = cluster_entropy(cluster(texts, finish))
+        labels["semantic_entropy"] = cluster_entropy(cluster(texts, finish, reference))
     return labels
 
 
@@ -151,15 +167,22 @@ def label_shard(shard: dict[str, Any], planned: dict[str, dict], *, loop_n: int,
     samples with a reference but no final answer are counted in shard["answer_counts"]."""
     if not uses_rollouts(planned):  # --backend none: the source's columns only
         return {name: [columns[name] for columns in shard["columns"]] for name in stored(planned)}
-    match = planned.get("correct", {}).get("params", {}).get("match", "math")
-    rows = [row_labels(samples, texts, finish, answer, loop_n=loop_n, loop_k=loop_k, cluster=cluster, match=match)
-            for samples, texts, finish, answer in zip(shard["token_ids"], shard["text"], shard["finish_reason"],
-                                                      shard["answer"])]
+    from raypipe.labels.references import Reference
+
+    params = planned.get("correct", {}).get("params", {})
+    references = [Reference.from_json(text) for text in shard["reference"]] if "reference" in shard \
+        else shard["answer"]
+    rows = [row_labels(samples, texts, finish, reference, loop_n=loop_n, loop_k=loop_k, cluster=cluster,
+                       match=params.get("match", "math"), f1_threshold=params.get("f1_threshold", 0.5),
+                       answer_after=params.get("answer_after"))
+            for samples, texts, finish, reference in zip(shard["token_ids"], shard["text"], shard["finish_reason"],
+                                                         references)]
     referenced = [(row, len(samples)) for row, samples in zip(rows, shard["token_ids"]) if "_answered" in row]
     shard["answer_counts"] = {
         "rows_with_reference": len(referenced),
         "no_final_answer": sum(1 for row, _ in referenced if not row["_first_answered"]),
         "samples_without_final_answer": int(sum(k - row["_answered"] for row, k in referenced)),
+        "unreadable_reference": sum(1 for row in rows if row.get("_unreadable")),
     }
     labels: dict[str, list] = {}
     for name in stored(planned):

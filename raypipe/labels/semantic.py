@@ -59,25 +59,37 @@ def best_split_threshold(values: Sequence[float]) -> float:
 
 
 def make_clusterer(method: str, nli_model: str | None = None, embedding_model: str | None = None,
-                   similarity_threshold: float = 0.9) -> Callable[[list[str], list[str]], list[int]]:
-    """(texts, finish reasons) -> cluster ids, for one of the equivalences: 'answer', 'nli' or 'embedding'. Models
-    load here, once. Answer equality uses the final answers exactly as correctness reads them."""
+                   similarity_threshold: float = 0.9, match: str = "math", f1_threshold: float = 0.5,
+                   answer_after: str | None = None) -> Callable[..., list[int]]:
+    """(texts, finish reasons[, the row's Reference]) -> cluster ids, for one of the equivalences: 'answer', 'nli'
+    or 'embedding'. Models load here, once. Answer equality reads the final answers exactly as correctness does (the
+    same matcher: math keys, free-form F1, the option picked)."""
     if method == "answer":
-        from raypipe.labels.answers import final_answer_key
+        from raypipe.labels.matching import answer_key, answers_agree
 
-        return lambda texts, finish: answer_clusters([final_answer_key(t, r) for t, r in zip(texts, finish)])
+        def by_answer(texts: list[str], finish: list[str], reference=None) -> list[int]:
+            options = getattr(reference, "options", None)
+            keys = [(i, answer_key(t, r, match, answer_after, options)) for i, (t, r) in enumerate(zip(texts, finish))]
+            return greedy_clusters(keys, lambda x, y: answers_agree(x[1], y[1], match, f1_threshold))
+
+        return by_answer
     if method == "nli":
         from raypipe.labels.semantic_models import load_nli
 
         entails = load_nli(nli_model)
-        return lambda texts, finish: greedy_clusters(texts, lambda a, b: entails(a, b) and entails(b, a))
+
+        def by_entailment(texts: list[str], finish: list[str], reference=None) -> list[int]:
+            matrix = entails(texts)  # bidirectional entailment: i and j mean the same when each entails the other
+            return greedy_clusters(list(range(len(texts))), lambda a, b: matrix[a][b] and matrix[b][a])
+
+        return by_entailment
     if method != "embedding":
         raise ValueError(f"unknown semantic clustering method {method!r}")
     from raypipe.labels.semantic_models import load_embedder
 
     embed = load_embedder(embedding_model)
 
-    def by_embedding(texts: list[str], finish: list[str]) -> list[int]:
+    def by_embedding(texts: list[str], finish: list[str], reference=None) -> list[int]:
         vectors = embed(texts)
         return greedy_clusters(list(range(len(texts))),
                                lambda a, b: float(vectors[a] @ vectors[b]) >= similarity_threshold)

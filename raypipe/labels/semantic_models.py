@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 
 from raypipe.config import DEFAULT_EMBEDDING_MODEL
 
@@ -40,21 +41,45 @@ def load_embedder(model: str):
     return embed
 
 
-def load_nli(model: str):
-    """(premise, hypothesis) -> True when the NLI model's most likely class is entailment."""
+# GLUE's MNLI order, for a checkpoint whose config names its classes only LABEL_0..LABEL_2 (as some Trainer runs left
+# them): the dataset's label ids are entailment 0, neutral 1, contradiction 2.
+MNLI_ORDER = ("entailment", "neutral", "contradiction")
+NLI_BATCH_PAIRS = 32
+
+
+def entailment_class(id2label: dict) -> int:
+    """The index of the entailment class, read from the model's id2label; GLUE MNLI's order for generic names."""
+    labels = {int(i): str(name).lower() for i, name in id2label.items()}
+    entailment = [i for i, name in labels.items() if "entail" in name and "not" not in name]
+    if len(entailment) == 1:
+        return entailment[0]
+    if len(labels) == 3 and all(re.fullmatch(r"label_\d", name) for name in labels.values()):
+        return MNLI_ORDER.index("entailment")
+    raise ValueError(f"the NLI model has no single entailment class among its labels {sorted(labels.values())}")
+
+
+def load_nli(model: str, batch_pairs: int = NLI_BATCH_PAIRS):
+    """texts -> [n, n] booleans: entails[i][j] when text i entails text j (the NLI model's most likely class is
+    entailment, premise i, hypothesis j). Every ordered pair in batches, on the CPU (as the SEP seed runs it: the
+    GPUs stay with the engines)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    classifier = AutoModelForSequenceClassification.from_pretrained(model).eval()
-    labels = {i: str(name).lower() for i, name in classifier.config.id2label.items()}
-    entailment = [i for i, name in labels.items() if "entail" in name and "not" not in name]
-    if len(entailment) != 1:
-        raise ValueError(f"{model} has no single entailment class among its labels {sorted(labels.values())}")
+    classifier = AutoModelForSequenceClassification.from_pretrained(model).to("cpu").eval()
+    entailment = entailment_class(classifier.config.id2label)
 
-    def entails(premise: str, hypothesis: str) -> bool:
-        batch = tokenizer(premise, hypothesis, truncation=True, max_length=512, return_tensors="pt")
-        with torch.inference_mode():
-            return int(classifier(**batch).logits[0].argmax()) == entailment[0]
+    def entails(texts: list[str]) -> list[list[bool]]:
+        pairs = [(i, j) for i in range(len(texts)) for j in range(len(texts)) if i != j]
+        result = [[i == j for j in range(len(texts))] for i in range(len(texts))]
+        for start in range(0, len(pairs), batch_pairs):
+            chunk = pairs[start:start + batch_pairs]
+            batch = tokenizer([texts[i] for i, _ in chunk], [texts[j] for _, j in chunk], truncation=True,
+                              max_length=512, padding=True, return_tensors="pt")
+            with torch.inference_mode():
+                predicted = classifier(**batch).logits.argmax(-1).tolist()
+            for (i, j), label in zip(chunk, predicted):
+                result[i][j] = label == entailment
+        return result
 
     return entails

@@ -11,7 +11,7 @@ class LabelStage(ShardStage):
     """Adds `labels` ({name: one value per row}) to a shard that has rollouts."""
 
     name = "label"
-    inputs = ("token_ids", "text", "finish_reason", "answer", "columns")
+    inputs = ("token_ids", "text", "finish_reason", "reference", "columns")
     given_only = ("columns",)  # without rollouts (--backend none) the labels are the source's columns
     def __init__(self, loop_n: int, loop_k: int, labels=None, planned: dict | None = None, retries: int = 0,
                  progress=None):
@@ -28,8 +28,11 @@ class LabelStage(ShardStage):
             self.inputs = self.given_only
         self.cluster = None
         if "semantic_entropy" in self.planned:
+            judged = self.planned.get("correct", {}).get("params", {})
             self.cluster = make_clusterer(self.planned["semantic_entropy"]["params"]["method"], config.nli_model,
-                                          config.embedding_model, config.similarity_threshold)
+                                          config.embedding_model, config.similarity_threshold,
+                                          judged.get("match", "math"), judged.get("f1_threshold", 0.5),
+                                          judged.get("answer_after"))
 
     def work(self, shard: dict[str, Any]) -> None:
         from raypipe.labels.catalog import label_shard

@@ -90,6 +90,14 @@ class PrefillStage(ShardStage):
         self.layers = list(layers)
         self.positions = list(positions)
         self.batch_tokens = batch_tokens
+        self.tokenizer = None
+        from raypipe.positions import rollout_markers
+
+        if rollout_markers(self.positions):  # locating a marker in a sample's tokens decodes them
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_id),
+                                                           trust_remote_code=trust_remote_code)
         # The batch being run: its [b, P] token indices and what the hooks kept. Thread-local, so that a model shared
         # with the engine's generate (another thread) never triggers them: there they stay idle.
         self._state = threading.local()
@@ -203,12 +211,19 @@ class PrefillStage(ShardStage):
 
     def work(self, shard: dict[str, Any]) -> dict[str, Any]:
         from raypipe.payload import tensor_to_numpy
-        from raypipe.positions import is_answer_position, with_answer
+        from raypipe.positions import reads_rollout, rollout_marker_offset, rollout_markers, with_answer
 
         ids, offsets = shard["prompt_token_ids"], shard.get("offsets")
-        if any(is_answer_position(p) for p in self.positions):  # a forward over prompt + first sample
-            pairs = [with_answer(p, samples[0], o, self.positions)
-                     for p, samples, o in zip(ids, shard["token_ids"], offsets)]
+        if reads_rollout(self.positions):  # a forward over prompt + first sample
+            markers = rollout_markers(self.positions)
+            pairs = []
+            for row_id, prompt, samples, row_offsets in zip(shard["row_id"], ids, shard["token_ids"], offsets):
+                placed = {marker: rollout_marker_offset(self.tokenizer, samples[0], marker) for marker in markers}
+                missing = [marker for marker, offset in placed.items() if offset is None]
+                if missing:  # the rollout stage kept only rows whose text holds every marker
+                    raise ValueError(f"row {row_id}: the first sample's tokens do not decode to its marker(s) "
+                                     f"{', '.join(missing)}")
+                pairs.append(with_answer(prompt, samples[0], row_offsets, self.positions, placed))
             ids, offsets = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
         shard["features"], shard["features_dtype"] = tensor_to_numpy(self.features(ids, offsets))
         return {"tokens": sum(len(x) for x in ids)}

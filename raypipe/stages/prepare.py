@@ -20,7 +20,7 @@ from raypipe.stages.base import ShardStage
 
 
 class PrepareStage(ShardStage):
-    """Adds row_id (the usable rows), prompt, prompt_token_ids, answer, columns, offsets and skipped."""
+    """Adds row_id (the usable rows), prompt, prompt_token_ids, answer, reference, columns, offsets and skipped."""
 
     name = "prepare"
     inputs = ("source", "source_rows", "row_id")
@@ -54,11 +54,12 @@ class PrepareStage(ShardStage):
         from raypipe.data import read_rows, to_prompt_rows, usable_rows
 
         rows, skipped = read_rows(self.source(shard["source"]), shard["source_rows"], shard["row_id"])
-        prompts = to_prompt_rows(rows, self.tokenizer, self.config.source.chat_template)
+        prompts = to_prompt_rows(rows, self.tokenizer, self.config.source.chat_template,
+                                 self.config.source.template_args())
         kept, unusable = usable_rows(prompts, self.config, self.positions, self.tokenizer)
         for reason, count in unusable.items():
             skipped[reason] = skipped.get(reason, 0) + count
         shard.update(row_id=[r.row_id for r in kept], prompt=[r.prompt for r in kept],
                      prompt_token_ids=[r.prompt_token_ids for r in kept], answer=[r.answer for r in kept],
-                     columns=[r.columns for r in kept], offsets=[r.offsets for r in kept], skipped=skipped)
+                     reference=[r.reference for r in kept], columns=[r.columns for r in kept], offsets=[r.offsets for r in kept], skipped=skipped)
         return {"tokens": sum(len(r.prompt_token_ids) for r in kept)}

@@ -1,4 +1,6 @@
 import os
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,46 @@ from tests.conftest import run_cli
 # make two of the 18 train trajectories loop, so probes have both classes.
 BUILD_ARGS = ["--preset", "smollm2_135m", "--builtin-size", "20", "--shard-size", "6", "--max-tokens", "128",
               "--layers", "0,15,-1", "--positions", "-3,-1"]
+
+
+SESSION_STARTED = time.time()
+
+
+def _shm_in_use() -> set[str]:
+    """The /dev/shm files some live process maps or holds open."""
+    used = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            used.update(line.split(None, 5)[5].strip() for line in (proc / "maps").read_text().splitlines()
+                        if "/dev/shm/" in line and len(line.split(None, 5)) == 6)
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("/dev/shm/"):
+                    used.add(target)
+        except OSError:  # the process ended, or is not ours to read
+            continue
+    return {path.removesuffix(" (deleted)") for path in used}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_leaked_shared_memory():
+    """After each module: remove the shared-memory segments this session's killed engines left in /dev/shm (vLLM's
+    message queues and CPU all-reduce buffers: a process killed by SIGKILL, as the resume tests kill builds, never
+    unlinks them), those no live process uses. A machine whose /dev/shm is small would otherwise fill up over the
+    suite's many engines and make later engines die."""
+    yield
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        return
+    used = _shm_in_use()
+    for path in shm.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mtime >= SESSION_STARTED and str(path) not in used:
+                path.unlink()
+        except OSError:
+            continue
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,17 @@ from raypipe.probes.dataset import load_probe_data
 from raypipe.store import read_manifest
 from raypipe.reader import Build, load_rollouts, load_split
 from tests.conftest import run_cli
+from tests.public_datasets import write_hub_layout
 
 K = 4
 MAX_MODEL_LEN = 256
-SOURCE = [{"question": f"What is {a} plus {b}? Put the answer in \\boxed{{}}.", "answer": str(a + b), "difficulty": a / 10}
+# GSM8K's shape: the answer is a worked solution whose value after '####' is the reference.
+SOURCE = [{"question": f"What is {a} plus {b}? Put the answer in \\boxed{{}}.",
+           "answer": f"{a} plus {b} is {a} + {b} = <<{a}+{b}={a + b}>>{a + b}.\n#### {a + b}", "difficulty": a / 10}
           for a, b in zip(range(1, 13), range(5, 17))]
 # Row 12 is longer than the context: truncated, it must keep its id, answer and given label (0.0, not NaN).
-SOURCE.append({"question": "Read this twice. " * 120 + "What is 2 plus 2?", "answer": "4", "difficulty": 0.0})
+SOURCE.append({"question": "Read this twice. " * 120 + "What is 2 plus 2?", "answer": "2 + 2 = 4\n#### 4",
+               "difficulty": 0.0})
 # An out-of-distribution evaluation split (doubled sums), built, labelled and resumed as train and test are.
 OOD = [{"question": f"Double it: what is {a} plus {b}? Put the answer in \\boxed{{}}.", "answer": str(2 * (a + b)),
         "difficulty": 1.0}
@@ -26,9 +30,10 @@ OOD = [{"question": f"Double it: what is {a} plus {b}? Put the answer in \\boxed
 
 
 def _sampled_args(root, backend: str) -> list[str]:
-    (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SOURCE))
+    # A local copy in the hub's layout of a dataset with configs (as openai/gsm8k's main and socratic), named by '#'.
+    write_hub_layout(root / "gsm8k_like", {"main": {"train": SOURCE}, "socratic": {"train": SOURCE[:2]}})
     (root / "ood.jsonl").write_text("".join(json.dumps(r) + "\n" for r in OOD))
-    return ["--backend", backend, "--train-dataset", str(root / "prompts.jsonl"), "--prompt-field", "question",
+    return ["--backend", backend, "--train-dataset", f"{root / 'gsm8k_like'}#main", "--prompt-field", "question",
             "--answer-field", "answer", "--label-column", "difficulty", "--num-samples", str(K),
             "--temperature", "0.8", "--top-p", "0.95", "--seed", "3", "--max-tokens", "48",
             "--test-fraction", "0.25", "--shard-size", "5", "--layers", "-1",
@@ -77,7 +82,7 @@ def test_every_label_is_stored_with_a_definition_and_sane_values(sampled_build):
 
 
 def test_samples_differ_and_correctness_matches_the_texts(sampled_build):
-    from raypipe.labels.answers import is_correct
+    from raypipe.labels.matching import is_correct
 
     tensors, rollouts = load_split(sampled_build, "train"), load_rollouts(sampled_build, "train").to_pylist()
     assert any(len({tuple(ids) for ids in row["token_ids"]}) > 1 for row in rollouts)  # sampling, not greedy
@@ -87,6 +92,26 @@ def test_samples_differ_and_correctness_matches_the_texts(sampled_build):
                  for text, reason in zip(row["text"], row["finish_reason"])]
         assert tensors["label.success_rate"][i].item() == pytest.approx(sum(flags) / K)
         assert tensors["label.correct"][i].item() == float(flags[0])
+        assert row["answer"] == answers[row["row_id"]]  # the solution is stored whole
+
+
+def test_correct_agrees_with_a_readers_rule_on_the_gsm8k_shaped_rows(sampled_build):
+    """A reader's rule, independent of the labeller: a first sample that stopped with a last line stating a sum
+    ('5 + 9 = 15', 'The answer is 20.') is right when that line's last number is the one after the solution's
+    '####' (samples of other shapes are not judged here; the stored answer is the whole solution)."""
+    import re
+
+    judged = 0
+    for split in ("train", "test"):
+        tensors, rollouts = load_split(sampled_build, split), load_rollouts(sampled_build, split).to_pylist()
+        for i, row in enumerate(rollouts):
+            last_line = row["text"][0].strip().splitlines()[-1] if row["text"][0].strip() else ""
+            numbers = re.findall(r"-?\d+", last_line)
+            if row["finish_reason"][0] == "stop" and numbers and re.search(r"=|answer is", last_line):
+                expected = row["answer"].rsplit("####", 1)[1].strip()
+                assert tensors["label.correct"][i].item() == float(numbers[-1] == expected), row["text"][0]
+                judged += 1
+    assert judged >= 3  # the rule met enough rows to mean something
 
 
 def test_a_truncated_row_keeps_its_id_answer_and_columns(sampled_build, tokenizer):
@@ -150,6 +175,7 @@ def test_any_stored_label_trains(sampled_build, shared_ray):
     (["--num-samples", "2", "--semantic-method", "nli", "--nli-model", "/nonexistent/nli"],
      "cannot load NLI model '/nonexistent/nli'"),
     (["--positions", "marker:ZZZ", "--missing-marker", "fail"], "does not contain the marker"),
+    (["--answer-field", "answer.aliases"], "'answer' of"),  # a string column has no fields
 ])
 def test_bad_label_input_stops_before_any_shard(tmp_path, args, message, shared_ray):
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "What is 2 plus 2?", "answer": "4"}) + "\n")

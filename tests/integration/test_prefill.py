@@ -106,3 +106,53 @@ def test_the_forward_stops_after_the_last_layer_asked_for_and_features_still_mat
         torch.testing.assert_close(features[i], expected, atol=1e-4, rtol=1e-4)
     # The shared prefix runs every layer once (its cache); the suffix batches stop before layer 12.
     assert ran.count(29) == 1 and ran.count(12) == 1 and ran.count(11) >= 2
+
+
+def test_a_rollout_marker_position_is_the_markers_last_token_in_the_first_sample(tokenizer):
+    """--positions rollout:</think> on a thinking rollout: the rollout stage keeps the rows whose first sample holds
+    the marker (the others skipped and counted), and the prefill stage's feature there equals an independent forward
+    over prompt + sample at the token that completes the marker's first occurrence; a prompt offset moves with it."""
+    from transformers import AutoModelForCausalLM
+
+    from raypipe.config import EMBEDDED_MODEL_ID
+    from raypipe.positions import row_offsets
+    from raypipe.stages.rollout import RolloutStage
+
+    positions = [-1, "rollout:</think>"]
+    prompts = [tokenizer(t)["input_ids"] for t in ("Q: 17+25? A:", "Q: 2+2? A:", "Q: 9*9? A:")]
+    texts = ["<think>\n17 + 25: 17 + 20 = 37, 37 + 5 = 42.\n</think>\n\nThe answer is 42. </think> again",
+             "4", "<think>nine nines</think>81"]
+    samples = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    shard = {"row_id": [0, 1, 2], "prompt": ["a", "b", "c"], "prompt_token_ids": prompts, "answer": ["42", "4", "81"],
+             "reference": [None] * 3, "columns": [{}] * 3,
+             "offsets": [row_offsets(positions, tokenizer, "", ids) for ids in prompts],
+             "token_ids": [[s] for s in samples], "text": [[t] for t in texts], "finish_reason": [["stop"]] * 3,
+             "mean_logprob": [-1.0, -2.0, -3.0], "mean_token_entropy": [0.1, 0.2, 0.3]}
+    keeper = RolloutStage.__new__(RolloutStage)  # only the row filter: no engine needed to check it
+    keeper.rollout_markers, keeper.missing_marker = ["</think>"], "skip"
+    keeper._keep_rows_with_markers(shard)
+    assert shard["row_id"] == [0, 2] and shard["skipped"] == {"rollout_marker_absent": 1}
+    assert shard["mean_logprob"] == [-1.0, -3.0] and shard["answer"] == ["42", "81"]
+
+    stage = PrefillStage(EMBEDDED_MODEL_ID, "float32", layers=[0, 30], positions=positions, batch_tokens=256)
+    stage.work(shard)
+    model = AutoModelForCausalLM.from_pretrained(stage.model.config._name_or_path, dtype=torch.float32)
+    for i, row in enumerate((0, 2)):
+        prompt, sample = prompts[row], samples[row]
+        end = next(n for n in range(1, len(sample) + 1) if "</think>" in tokenizer.decode(sample[:n]))
+        assert tokenizer.decode(sample[:end]).count("</think>") == 1  # the first occurrence, not the later one
+        with torch.inference_mode():
+            states = model(torch.tensor([prompt + sample]), output_hidden_states=True).hidden_states
+        for j, layer in enumerate((0, 30)):
+            torch.testing.assert_close(torch.as_tensor(shard["features"][i, j, 0]), states[layer][0, len(prompt) - 1],
+                                       atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(torch.as_tensor(shard["features"][i, j, 1]),
+                                       states[layer][0, len(prompt) + end - 1], atol=1e-4, rtol=1e-4)
+
+    failing = RolloutStage.__new__(RolloutStage)
+    failing.rollout_markers, failing.missing_marker = ["</think>"], "fail"
+    from raypipe.errors import UserError
+
+    with pytest.raises(UserError, match=r"row 1: its first sample does not contain the marker of --positions "
+                                        r"\(rollout:</think>\)"):
+        failing._keep_rows_with_markers({"row_id": [0, 1], "text": [[texts[0]], ["4"]]})
