@@ -8,7 +8,8 @@ SQuAD, MMLU and ARC in their published schemas, with judged outputs of several s
 build's own source reading (`open_sources`, `read_rows`: dotted answer fields, options, templates) with the flags
 FORMATS gives (those of configs/ and docs/datasets.md), then `matching.judge` with the resolved --answer-match and a
 thinking model's `</think>`. Before: issue 11's `is_correct(text, str(value))` on the same outputs. Precision and
-recall of `correct` per format; the bar is 0.98 and 0.95 (tests/test_public_formats.py holds it).
+recall of `correct` per format; the bar is 0.98 and 0.95 (tests/test_public_formats.py holds it). Then the same on
+the held-out set (written after the matcher) and on the embedded model's own greedy outputs for the same rows.
 
 Both labelers label every row of tests/fixtures/answers.jsonl (276 real outputs with hand judgements):
   before : `is_correct(text, reference)` of raypipe/labels/answers.py at BASELINE_COMMIT (last boxed, else the last
@@ -83,7 +84,12 @@ def seconds_per_pass(label, rows: list[dict]) -> float:
     return time.perf_counter() - start
 
 
+EMBEDDED = PUBLIC / "smollm2_greedy.jsonl"  # the embedded model's own greedy outputs on the same rows, judged
+
+
 def public_rows(name: str, fixtures: Path = PUBLIC) -> list[dict]:
+    if fixtures == EMBEDDED:
+        return [item for item in map(json.loads, EMBEDDED.read_text().splitlines()) if item["format"] == name]
     return [json.loads(line) for line in (fixtures / f"{name}.jsonl").read_text().splitlines() if line.strip()]
 
 
@@ -151,11 +157,11 @@ def main() -> None:
     print(f" after, first pass (cold): {cold / len(rows) * 1e6:.1f} us/sample")
     print(f" ratio after/before: {timings['after'] / timings['before']:.1f}x")
 
-    for fixtures in (PUBLIC, HELD_OUT):
-        if not fixtures.is_dir():
+    for fixtures in (PUBLIC, HELD_OUT, EMBEDDED):
+        if not fixtures.exists():
             continue
         print(f"\npublic formats, {fixtures.relative_to(REPO)} (correct): before issue 24 -> after")
-        for name in [name for name in FORMATS if (fixtures / f"{name}.jsonl").is_file()]:
+        for name in [name for name in FORMATS if fixtures == EMBEDDED or (fixtures / f"{name}.jsonl").is_file()]:
             before, after = score_format(name, "before", fixtures), score_format(name, "after", fixtures)
             print(f"{name:>9} ({after['outputs']:3d} outputs, {after['correct']:3d} right, match {after['match']:>6}): "
                   f"precision {_rate(before, 'precision')} -> {_rate(after, 'precision')}  "

@@ -154,7 +154,8 @@ def free_form_spans(text: str, finish_reason: str | None) -> list[str]:
 def chosen_option(text: str, finish_reason: str | None, options: tuple[str, ...]) -> int | None:
     """The option a sample picks: the letter its final answer opens with ('B', '(B)', 'B) Paris', 'Option B'), the
     one option whose text its final answer (or last line) is, or else the one option whose text that states whole
-    without a negation ('The floor supplies the upward force.'); None when it picks none or several."""
+    without a negation ('The floor supplies the upward force.'); None when it picks none or several, or gives a
+    letter with another option's text."""
     letters = LETTERS[:len(options)]
     candidates = []
     boxed = last_boxed(text)
@@ -167,7 +168,11 @@ def chosen_option(text: str, finish_reason: str | None, options: tuple[str, ...]
     for candidate in candidates:
         letter = _CHOICE.match(candidate)
         if letter and letter.group(1).upper() in letters and _single_letter(candidate, letter):
-            return letters.index(letter.group(1).upper())
+            index = letters.index(letter.group(1).upper())
+            # "B. <option D's text>": the letter and the text it gives pick different options, so it picks none
+            stated = squad_normalize(candidate[letter.end():].strip(" —–-").rstrip("."))
+            others = [i for i, option in enumerate(options) if i != index and squad_normalize(option) == stated]
+            return None if stated and others and squad_normalize(options[index]) != stated else index
         named = [i for i, option in enumerate(options) if squad_normalize(option) and
                  squad_normalize(candidate.rstrip(".")) == squad_normalize(option)]
         if len(named) == 1:
