@@ -349,7 +349,8 @@ def read_rows(source: Source, indices: list[int], row_ids: list[int]) -> tuple[l
     else:
         questions = _field_values(source.column(part, source.prompt.column), source.prompt)
         missing = "missing_prompt"
-    answers = source.column(part, source.answer.column) if source.answer else [None] * len(indices)
+    answers = _field_values(source.column(part, source.answer.column), source.answer) if source.answer \
+        else [None] * len(indices)
     references = source.references(part)
     columns = {name: source.column(part, name) for name in source.label_columns}
     rows, skipped = [], {}
@@ -361,8 +362,7 @@ def read_rows(source: Source, indices: list[int], row_ids: list[int]) -> tuple[l
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
         rows.append({"row_id": row_id, "question": question,
-                     "answer": display(answer if source.answer is None or not source.answer.inner
-                                       else _field_values([answer], source.answer)[0]),
+                     "answer": None if isinstance(answer, _Unreadable) else display(answer),
                      "reference": None if reference is None else reference.to_json(),
                      "columns": {name: _label_value(values[i], source.classes.get(name))
                                  for name, values in columns.items()}})

@@ -81,6 +81,7 @@ class PrefillStage(ShardStage):
         import threading
 
         from raypipe.embedded import resolve_model_path
+        from raypipe.positions import rollout_markers
 
         if causal_lm is not None:
             self.model, self.device = causal_lm.get_decoder(), next(causal_lm.parameters()).device
@@ -91,8 +92,6 @@ class PrefillStage(ShardStage):
         self.positions = list(positions)
         self.batch_tokens = batch_tokens
         self.tokenizer = None
-        from raypipe.positions import rollout_markers
-
         if rollout_markers(self.positions):  # locating a marker in a sample's tokens decodes them
             from transformers import AutoTokenizer
 
