@@ -210,11 +210,17 @@ class Source:
     def has_answers(self) -> bool:
         return self.answer is not None and self.table.column(self.answer.column).null_count < len(self.table)
 
-    def references(self, part) -> list:
-        """The Reference (references.py) of each row of a table slice; None where a row has none."""
+    def answers(self, part) -> list:
+        """Each row's answer value at the answer path (None without an answer column; _Unreadable where the path's
+        field is missing)."""
         if self.answer is None:
             return [None] * len(part)
-        answers = _field_values(self.column(part, self.answer.column), self.answer)
+        return _field_values(self.column(part, self.answer.column), self.answer)
+
+    def references(self, part, answers: list | None = None) -> list:
+        """The Reference (references.py) of each row of a table slice, from its answers (read here unless given);
+        None where a row has none."""
+        answers = self.answers(part) if answers is None else answers
         options = _field_values(self.column(part, self.options.column), self.options) if self.options \
             else [None] * len(part)
         return [read_reference(value, choices) if not isinstance(value, _Unreadable) else
@@ -349,9 +355,8 @@ def read_rows(source: Source, indices: list[int], row_ids: list[int]) -> tuple[l
     else:
         questions = _field_values(source.column(part, source.prompt.column), source.prompt)
         missing = "missing_prompt"
-    answers = _field_values(source.column(part, source.answer.column), source.answer) if source.answer \
-        else [None] * len(indices)
-    references = source.references(part)
+    answers = source.answers(part)
+    references = source.references(part, answers)
     columns = {name: source.column(part, name) for name in source.label_columns}
     rows, skipped = [], {}
     for i, (question, answer, reference, row_id) in enumerate(zip(questions, answers, references, row_ids)):

@@ -170,7 +170,8 @@ def _number_text(value: int | float) -> str:
 
 def _choice(value: Any, options: Any) -> Reference:
     if not isinstance(options, (list, tuple)) or not options or not all(isinstance(o, str) for o in options):
-        return Reference(error=f"the options are {type(options).__name__ if not isinstance(options, list) else 'a list of non-strings or empty'}, not a list of strings")
+        shape = "an empty list or one of non-strings" if isinstance(options, (list, tuple)) else type(options).__name__
+        return Reference(error=f"the options are {shape}, not a list of strings")
     options = tuple(options)
     if len(options) > len(LETTERS):
         return Reference(error=f"{len(options)} options: more than letters A-Z")
