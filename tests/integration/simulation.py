@@ -87,3 +87,19 @@ def kill_after_first_shard_then_resume(args: list[str], out: Path, env: dict, lo
     assert_written_shards_survive(out, done)
     assert all(s["status"] == "complete" for d in read_manifest(out)["splits"].values() for s in d["shards"].values())
     return done, rerun.stdout
+
+
+def ray_worker_errors(limit: int = 40) -> str:
+    """The error lines of the latest Ray session's worker logs (an engine's death is told there, not to the driver)
+    and /dev/shm's size and use (vLLM's tp workers talk through it): what a failed build's assertion adds."""
+    logs = Path(os.environ.get("RAY_TMPDIR", "/tmp"), "ray", "session_latest", "logs")
+    markers = ("Error", "error:", "Fatal", "fatal", "Bus error", "Segmentation", "Insufficient", "raypipe:", "Killed")
+    lines: list[str] = []
+    for path in sorted(logs.glob("worker-*.err")) + sorted(logs.glob("worker-*.out")):
+        for line in path.read_text(errors="replace").splitlines():
+            if any(m in line for m in markers) and line not in lines:
+                lines.append(line[:300])
+    shm = os.statvfs("/dev/shm") if os.path.isdir("/dev/shm") else None
+    size = (f"/dev/shm: {shm.f_blocks * shm.f_frsize >> 20} MiB, {shm.f_bavail * shm.f_frsize >> 20} MiB free"
+            if shm else "no /dev/shm")
+    return f"\n--- {size}; Ray's worker errors ({logs}):\n" + "\n".join(lines[-limit:])
