@@ -26,8 +26,9 @@ def _(mo):
     args = mo.cli_args()
     data_dir = args.get("data-dir")
     probe_dir, sweep_dir, eval_dir = args.get("probe-dir"), args.get("sweep-dir"), args.get("eval-dir")
+    score_dir = args.get("score-dir")
     mo.stop(not data_dir, mo.md("Give a build: `raypipe explore DIR`, or `-- --data-dir DIR` after the notebook."))
-    return data_dir, eval_dir, probe_dir, sweep_dir
+    return data_dir, eval_dir, probe_dir, score_dir, sweep_dir
 
 
 @app.cell
@@ -41,8 +42,8 @@ def _(data_dir, mo):
 
 
 @app.cell
-def _(data_dir, explorer, manifest, mo):
-    table = explorer.rows_table(data_dir)
+def _(data_dir, explorer, manifest, mo, score_dir):
+    table = explorer.rows_table(data_dir, score_dir)
     mo.vstack([mo.md("## Label distributions"), explorer.label_distributions(manifest, table)])
     return (table,)
 
@@ -85,11 +86,11 @@ def _(browser, mo, shown):
 
 
 @app.cell
-def _(eval_dir, explorer, mo, probe_dir, sweep_dir):
+def _(eval_dir, explorer, mo, probe_dir, score_dir, sweep_dir):
     from raypipe.probes import plots
 
     outputs = {**explorer.probe_outputs(probe_dir), **explorer.probe_outputs(sweep_dir),
-               **explorer.probe_outputs(eval_dir)}
+               **explorer.probe_outputs(eval_dir), **explorer.probe_outputs(score_dir)}
     shown_outputs = [mo.md("## Probes")]
     performance = outputs.get("performance")
     if performance:
@@ -129,8 +130,15 @@ def _(eval_dir, explorer, mo, probe_dir, sweep_dir):
                   if isinstance(found, dict) and "significance" in found}
         shown_outputs.append(mo.md("Ray Train probe: " + ", ".join(
             f"{split} {found.get('roc_auc', found.get('spearman'))}" for split, found in scored.items())))
+    if outputs.get("score"):
+        scored = outputs["score"]
+        shown_outputs.append(mo.md(explorer.score_summary(scored)))
+        calibrated = {split: entry["calibration"] for split, entry in scored["splits"].items()
+                      if entry.get("calibration")}
+        if calibrated:
+            shown_outputs.append(plots.reliability_figure(calibrated, "the saved probe's reliability by split"))
     if len(shown_outputs) == 1:
-        shown_outputs.append(mo.md("No probe outputs given (`--probe`, `--sweep`, `--eval`)."))
+        shown_outputs.append(mo.md("No probe outputs given (`--probe`, `--sweep`, `--eval`, `--score`)."))
     mo.vstack(shown_outputs)
     return
 

@@ -19,7 +19,7 @@ import typer
 from raypipe.config import PRESETS, BuildConfig
 from raypipe.errors import UserError, user_errors
 from raypipe.options import from_dict, to_yaml, with_options
-from raypipe.probes.config import EvaluateConfig, SweepConfig, TrainConfig
+from raypipe.probes.config import EvaluateConfig, ScoreConfig, SweepConfig, TrainConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -150,6 +150,35 @@ def evaluate(config: EvaluateConfig) -> None:
     typer.echo(f"Wrote {config.out_dir}/probe_eval.json and roc_probe_eval.png")
 
 
+@config_command("score")
+def score(config: ScoreConfig, probe_path: Optional[str] = typer.Argument(
+        None, metavar="PROBE", help="A saved probe's .safetensors (its card .json beside it): a sweep's "
+                                    "probe.safetensors, train's best.safetensors, evaluate's probes/*.safetensors.")
+) -> None:
+    """Apply a saved probe to every split of a build: per-row scores, and its metric and calibration where the build
+    has the probe's label."""
+    import dataclasses
+
+    from raypipe.probes.score import run_score
+
+    summary = run_score(dataclasses.replace(config, probe=probe_path) if probe_path else config)
+    card = summary["card"]
+    typer.echo(f"{card['label']} probe (layer {card['layer']}, position {card['position']}, from "
+               f"{card['produced_by']}) on {config.data_dir}:")
+    for split, entry in summary["splits"].items():
+        line = f"  {split}: {entry['rows']} rows"
+        scored = entry.get("significance")
+        if scored:
+            line += (f", {scored['metric']} {_fmt(scored['value'])} (95% CI {_fmt(scored['ci95'][0])}.."
+                     f"{_fmt(scored['ci95'][1])}, p={_fmt(scored['p_value'])})")
+        if entry.get("calibration"):
+            line += f", ECE {_fmt(entry['calibration']['value'])}"
+        if entry.get("non_finite_scores"):
+            line += f"; {entry['non_finite_scores']} rows with non-finite features scored NaN"
+        typer.echo(line)
+    typer.echo(f"Wrote {config.out_dir}/scores.parquet and score.json")
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -161,6 +190,7 @@ def explore(
     probe: Optional[str] = typer.Option(None, "--probe", help="A `raypipe train` output folder."),
     sweep_dir: Optional[str] = typer.Option(None, "--sweep", help="A `raypipe sweep` output folder."),
     eval_dir: Optional[str] = typer.Option(None, "--eval", help="A `raypipe evaluate` output folder."),
+    score_dir: Optional[str] = typer.Option(None, "--score", help="A `raypipe score` output folder (of this build)."),
     edit: bool = typer.Option(True, "--edit/--app", help="Open the notebook for editing, or as a read-only app."),
     port: Optional[int] = typer.Option(None, help="Port of marimo's server."),
     headless: bool = typer.Option(False, "--headless", help="Do not open a browser."),
@@ -180,7 +210,8 @@ def explore(
     command = [sys.executable, "-m", "marimo", "edit" if edit else "run", str(notebook)]
     command += (["--headless"] if headless else []) + (["--port", str(port)] if port else [])
     command += ["--", "--data-dir", os.path.abspath(data_dir)]
-    for flag, folder in (("--probe-dir", probe), ("--sweep-dir", sweep_dir), ("--eval-dir", eval_dir)):
+    for flag, folder in (("--probe-dir", probe), ("--sweep-dir", sweep_dir), ("--eval-dir", eval_dir),
+                         ("--score-dir", score_dir)):
         if folder:
             command += [flag, os.path.abspath(folder)]
     raise typer.Exit(subprocess.call(command))

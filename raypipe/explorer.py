@@ -34,8 +34,9 @@ def describe(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def rows_table(data_dir: str):
-    """One row per prompt (every split): row_id, split, every label's value, prompt, samples and finish reasons."""
+def rows_table(data_dir: str, score_dir: str | None = None):
+    """One row per prompt (every split): row_id, split, every label's value, prompt, samples and finish reasons; with
+    a `raypipe score` output folder, its probe's score of each row too (`probe score`, or one per class)."""
     import pandas as pd
 
     from raypipe.labels.catalog import label_values
@@ -54,7 +55,12 @@ def rows_table(data_dir: str):
         rollouts = build.rollouts(split).to_pandas()
         keep = [c for c in ("row_id", "prompt", "text", "finish_reason") if c in rollouts]
         frames.append(frame.merge(rollouts[keep], on="row_id", how="left"))
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    if score_dir:
+        scores = pd.read_parquet(Path(score_dir) / "scores.parquet").drop(columns=["label"], errors="ignore")
+        table = table.merge(scores.rename(columns=lambda c: "probe " + c.replace("_", " ") if c.startswith("score")
+                                          else c), on=["split", "row_id"], how="left")
+    return table
 
 
 def label_distributions(manifest: dict, table):
@@ -88,7 +94,8 @@ def probe_outputs(directory: str | None) -> dict:
     """The JSON outputs of a probe run, a sweep or an evaluation found in a folder (empty when none)."""
     found = {}
     if directory:
-        for name in ("performance.json", "best_probe_predictions.json", "evaluation.json", "probe_eval.json"):
+        for name in ("performance.json", "best_probe_predictions.json", "evaluation.json", "probe_eval.json",
+                     "score.json"):
             path = Path(directory) / name
             if path.is_file():
                 found[name.removesuffix(".json")] = json.loads(path.read_text())
@@ -107,6 +114,24 @@ def split_scores(performance: dict) -> str:
             lines.append(f"| {split} | {performance['rows'].get(split, '')} | {_number(found['value'])} | "
                          f"{_number(low)}..{_number(high)} | {_number(found['p_value'])} |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def score_summary(summary: dict) -> str:
+    """Markdown: a `raypipe score` run, its probe and its score on each split of this build (with CI, p-value and
+    calibration where the build has the probe's label)."""
+    card = summary["card"]
+    lines = [f"### Scores of a saved `{card['label']}` probe (layer {card['layer']}, position {card['position']}, "
+             f"from `{card['produced_by']}` on {card['build']['data_dir']})", "",
+             "| split | rows | " + (summary.get("metric") or "metric") + " | 95% CI | p | ECE |",
+             "|---|---|---|---|---|---|"]
+    for split, entry in summary["splits"].items():
+        found, calibrated = entry.get("significance") or {}, entry.get("calibration") or {}
+        low, high = found.get("ci95") or [None, None]
+        lines.append(f"| {split} | {entry['rows']} | {_number(found.get('value'))} | {_number(low)}..{_number(high)} "
+                     f"| {_number(found.get('p_value'))} | {_number(calibrated.get('value'))} |")
+    if summary.get("why_no_metric"):
+        lines.append(f"\nNo metric: {summary['why_no_metric']}.")
+    return "\n".join(lines)
 
 
 def _number(value) -> str:

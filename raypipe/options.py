@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 from raypipe.config import DEFAULT_PRESET, PRESETS, BuildConfig, ModelConfig, choices_of, flag_of, get_preset
 from raypipe.errors import UserError
-from raypipe.probes.config import EvaluateConfig, SweepConfig, TrainConfig
+from raypipe.probes.config import EvaluateConfig, ScoreConfig, SweepConfig, TrainConfig
 
 NoneType = type(None)
 
@@ -47,6 +47,7 @@ COMMANDS = {
     # SweepConfig inherits wandb_project from ProbeInputConfig, but the sweep logs nothing to W&B: no option for it.
     "sweep": Command(SweepConfig, exclude=("wandb_project",)),
     "evaluate": Command(EvaluateConfig),
+    "score": Command(ScoreConfig),
 }
 
 

@@ -33,11 +33,12 @@ def write_planted_build(out_dir, layers=(0, 1, 2, 3), positions=(-2, -1), hidden
                         rows=(240, 120), shard_size=100, label="planted", regression=False,
                         extra_labels: dict | None = None, num_layers: int | None = None,
                         classes: list[str] | None = None, poisoned: tuple[int, int] | None = None,
-                        eval_splits: dict[str, int] | None = None) -> dict:
+                        eval_splits: dict[str, int] | None = None, seed: int = 0) -> dict:
     """A complete build folder (manifest + safetensors shards + parquet sidecars) with a planted label; with
     `classes` (four names) a categorical label, stored as class ids as a build stores a string column; `poisoned`
     (layer, position): that cell's features are NaN in a few train rows, as an overflowed float16 build's can be;
-    `eval_splits` (name -> rows): evaluation splits beside train and test, with the same planted signal."""
+    `eval_splits` (name -> rows): evaluation splits beside train and test, with the same planted signal; `seed`:
+    other rows (another build of the same model: the planted direction stays)."""
     manifest = {
         "format": FORMAT,
         "model": {"model_id": "synthetic", "num_layers": num_layers or max(layers), "hidden_size": hidden},
@@ -49,8 +50,10 @@ def write_planted_build(out_dir, layers=(0, 1, 2, 3), positions=(-2, -1), hidden
     }
     row_id = 0
     extra = [(name, count, 2 + i) for i, (name, count) in enumerate((eval_splits or {}).items())]
+    build_seed = seed
     for split, count, seed in (("train", rows[0], 0), ("test", rows[1], 1), *extra):
-        features, labels = planted_features(count, len(layers), len(positions), hidden, planted, seed,
+        features, labels = planted_features(count, len(layers), len(positions), hidden, planted,
+                                            seed + 100 * build_seed,
                                             regression=regression, quadrants=classes is not None)
         if poisoned is not None and split == "train":
             features[:3, poisoned[0], poisoned[1], 0] = np.nan

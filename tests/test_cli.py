@@ -117,6 +117,7 @@ def _option_defaults(command) -> dict[str, object]:
     ("train", ["--data-dir", "d", "--out-dir", "o"]),
     ("sweep", ["--data-dir", "d", "--out-dir", "o"]),
     ("evaluate", ["--data-dir", "d", "--out-dir", "o"]),
+    ("score", ["--data-dir", "d", "--out-dir", "o"]),
 ])
 def test_cli_defaults_are_the_config_defaults(command, required):
     """A Python user and a CLI user get the same build or probe from "the defaults": the config a command resolves
@@ -125,12 +126,13 @@ def test_cli_defaults_are_the_config_defaults(command, required):
     from raypipe import cli
     from raypipe.config import DEFAULT_PRESET, BuildConfig, get_preset
     from raypipe.options import file_view, options
-    from raypipe.probes.config import EvaluateConfig, SweepConfig, TrainConfig
+    from raypipe.probes.config import EvaluateConfig, ScoreConfig, SweepConfig, TrainConfig
 
     python = {"build": lambda: BuildConfig(out_dir="o", model=get_preset(DEFAULT_PRESET)),
               "train": lambda: TrainConfig(data_dir="d", out_dir="o"),
               "sweep": lambda: SweepConfig(data_dir="d", out_dir="o"),
-              "evaluate": lambda: EvaluateConfig(data_dir="d", out_dir="o")}[command]()
+              "evaluate": lambda: EvaluateConfig(data_dir="d", out_dir="o"),
+              "score": lambda: ScoreConfig(data_dir="d", out_dir="o")}[command]()
     assert _printed(command, *required) == file_view(command, python)
     defaults, compared = _option_defaults(getattr(cli, command)), 0
     for option in options(command):
@@ -140,7 +142,7 @@ def test_cli_defaults_are_the_config_defaults(command, required):
                 value = getattr(value, "name" if name == "preset" else name)
             assert defaults[option.param] == value, option.key
             compared += 1
-    assert compared == {"build": 57, "train": 15, "sweep": 16, "evaluate": 8}[command]
+    assert compared == {"build": 57, "train": 15, "sweep": 17, "evaluate": 8, "score": 6}[command]
 
 
 # The flags of build, train, sweep and evaluate before their options were derived from the dataclasses: each must

@@ -6,6 +6,7 @@ Train probe, of the (layer x position) sweep and of SEP's evaluation.
         TrainConfig                + the Ray Train probe's knobs
         SweepConfig (+ CellsConfig) the sweep's fits
       EvaluateConfig (+ CellsConfig) SEP's evaluation
+      ScoreConfig                  a saved probe applied to a build
     CellsConfig                    which (layer, position) cells, the L2 strength, and how cells become Ray work
 """
 
@@ -107,6 +108,8 @@ class SweepConfig(CellsConfig, ProbeInputConfig):
                             "default tol).")
     memory_gb: float = knob(2.0, "On a GPU: memory for the features and Gram matrices held at once; probes are "
                                  "solved in chunks that fit.")
+    save_all_probes: bool = knob(False, "Save every cell's probe under probes/ (the chosen cell's is always saved: "
+                                        "probe.safetensors and its card probe.json).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -122,6 +125,18 @@ class EvaluateConfig(CellsConfig, ProbeRunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_cells()
+
+
+@dataclass
+class ScoreConfig(ProbeRunConfig):
+    """A saved probe applied to every split of a build (`raypipe score PROBE`)."""
+
+    probe: str | None = knob(None, "A saved probe: its .safetensors file, with its card (.json) beside it (the "
+                                   "command's first argument).")
+    any_model: bool = knob(False, "Score a build of another model id (another checkpoint) whose layer count and "
+                                  "hidden size match the probe's.")
+    executor: ExecutorOption = knob("ray", "ray: the probe's slice is read and scored in a Ray task (a GPU when the "
+                                           "cluster has any); local: in this process.")
 
 
 @dataclass

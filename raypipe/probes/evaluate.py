@@ -23,7 +23,8 @@ import numpy as np
 from raypipe.errors import UserError
 from raypipe.fs import Location
 from raypipe.probes.config import EvaluateConfig
-from raypipe.probes.metrics import json_safe, significance
+from raypipe.probes import plots
+from raypipe.probes.metrics import calibration, json_safe, significance
 
 SEP_POSITIONS = (-1, "answer:-2")
 
@@ -67,9 +68,10 @@ def load_splits(build, labels: list[str], layers: list[int] | None, positions: l
     return splits, resolve_layers(manifest, layers), resolve_positions(manifest, positions)
 
 
-def fit_probes(train, labels, alpha: float, device: str = "cpu") -> "callable":
+def fit_probes(train, labels, alpha: float, device: str = "cpu") -> tuple["callable", dict]:
     """Logistic probes for every (layer, position) cell of train [n, L, P, H] at once (standardised features,
-    intercept); returns test [m, L, P, H] -> P(label = 1) [L * P, m] in (layer, position) order."""
+    intercept); returns test [m, L, P, H] -> P(label = 1) [L * P, m] in (layer, position) order, and the probes as
+    arrays in that order: weights [L * P, H + 1] (the intercept last) and the scaling mean, std [L * P, H]."""
     import torch
 
     from raypipe.probes.solvers import fit_logistic
@@ -89,7 +91,10 @@ def fit_probes(train, labels, alpha: float, device: str = "cpu") -> "callable":
     def predict(x) -> np.ndarray:
         return torch.sigmoid(torch.bmm(design(x), fits.weights[:, :, -1:]).squeeze(2)).double().cpu().numpy()
 
-    return predict
+    probes = {"weights": fits.weights[:, :, -1].cpu().numpy(),
+              "mean": mean.reshape(n_layers * n_positions, hidden).cpu().numpy(),
+              "std": std.reshape(n_layers * n_positions, hidden).cpu().numpy()}
+    return predict, probes
 
 
 def evaluate_block(work: EvaluateWork, block, device: str) -> dict:
@@ -112,9 +117,12 @@ def evaluate_block(work: EvaluateWork, block, device: str) -> dict:
         if len(np.unique(values[keep])) < 2:
             probes[name] = {"skipped": f"{label} has a single class in the train split"}
             continue
-        predict = fit_probes(train[keep], values[keep], config.alpha, device)
+        predict, fitted = fit_probes(train[keep], values[keep], config.alpha, device)
         score_of = (lambda p: 1 - p) if name == "accuracy" else (lambda p: p)
         cells: dict = {}
+        for cell in range(len(fitted["weights"])):  # the probe itself, to be saved beside the scores
+            key = (block.layers[cell // n_positions], cell % n_positions)
+            cells[key] = {"probe": {part: array[cell].astype(np.float32) for part, array in fitted.items()}}
         for split, features in scored.items():
             target = work.targets[split][~np.isnan(work.targets[split])]
             for cell, probability in enumerate(predict(features)):  # [cells, rows]
@@ -167,8 +175,11 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     work = EvaluateWork(build.out_dir, layer_index, position_index, splits["train"], targets, config)
     results = run_blocks(evaluate_block, work, plan_blocks(len(layers), config.block_layers), build,
                          config.executor, config.device)
+    fitted = {(name, layers[layer], positions[position]): cell.pop("probe") for r in results
+              for name, cells in r["probes"].items() if "skipped" not in cells
+              for (layer, position), cell in cells.items()}
     probes = {name: cross_evaluate(name, results, layers, positions) for name in PROBES}
-    curves = {}
+    curves, reliability = {}, {}
     for name, probe in probes.items():
         for key, cell in probe.get("cells", {}).items():
             for split, scores in [("test", cell), *cell.get("splits", {}).items()]:
@@ -177,9 +188,12 @@ def run_evaluate(config: EvaluateConfig) -> dict:
                 if name == "accuracy":  # SEP's mean confidence (P(correct)) on correct vs incorrect rows
                     scores["mean_confidence"] = {"correct": float(p[wrong == 0].mean()),
                                                  "incorrect": float(p[wrong == 1].mean())}
+                score = 1 - p if name == "accuracy" else p
+                # The score read as P(incorrect): is a threshold on it what it says?
+                scores["calibration"] = calibration(score, wrong, resamples=config.resamples, seed=config.seed)
                 if key == probe["best"] and split == "test":
                     label = f"{name} probe (layer {cell['layer']}, {cell['position']})"
-                    curves[label] = 1 - p if name == "accuracy" else p
+                    curves[label], reliability[label] = score, scores["calibration"]
     baselines = {split: _baselines(splits, split, target, config) for split, target in targets.items()}
     evaluation = {
         "target": "incorrect: 1 - correct, on the test split (and on each evaluation split, under `splits`)",
@@ -194,9 +208,33 @@ def run_evaluate(config: EvaluateConfig) -> dict:
         "blocks": [{**r["ran"], "block_mb": r["block_mb"]} for r in results],
     }
     location = Location(config.out_dir)
+    _save_probes(location, build, probes, fitted)
     location.write_atomic("probe_eval.json", (json.dumps(json_safe(evaluation), indent=1) + "\n").encode())
     _roc_figure(location, splits["test"], targets["test"], curves)
+    plots.reliability(location, "reliability_probe_eval.png", reliability,
+                      "best probes' scores as P(incorrect) (test)")
     return evaluation
+
+
+def _save_probes(location: Location, build, probes: dict, fitted: dict) -> None:
+    """Every probe the evaluation reports, as probes/{probe}_pos_{position}_layer_{layer}.safetensors with its card
+    (its cell's scores, and whether it is the best); each cell entry of probe_eval.json names its file."""
+    from raypipe.probes import saved
+
+    for name, probe in probes.items():
+        cells = probe.get("cells", {})
+        files = saved.cell_file_names(f"probes/{name}_", [(c["position"], c["layer"]) for c in cells.values()])
+        for (key, cell), file in zip(cells.items(), files):
+            arrays = fitted[(name, cell["layer"], cell["position"])]
+            scores = {"test": {k: v for k, v in cell.items() if k not in ("layer", "position", "splits")},
+                      **cell.get("splits", {})}
+            card = saved.card(build, "evaluate", PROBES[name], "classification", cell["layer"], cell["position"],
+                              scores, evaluated_as="1 - P(correct) against incorrectness" if name == "accuracy"
+                              else "P(semantic_entropy_high) against incorrectness", best=key == probe["best"])
+            hidden = arrays["mean"].shape[0]
+            saved.save_probe(location, file, saved.SavedProbe.from_fit(
+                arrays["weights"], True, hidden, card, arrays["mean"], arrays["std"]))
+            cell["probe"] = f"{file}.safetensors"
 
 
 def _baselines(splits: dict, split: str, target: np.ndarray, config: EvaluateConfig) -> dict:
@@ -243,8 +281,6 @@ def _table(probes: dict, baselines: dict[str, dict]) -> list[dict]:
 
 
 def _roc_figure(location, test: Split, incorrect: np.ndarray, curves: dict) -> None:
-    from raypipe.probes import plots
-
     scored = ~np.isnan(incorrect)
     curves["token entropy"] = np.nan_to_num(test.labels["mean_token_entropy"][scored])
     curves["-log-prob"] = np.nan_to_num(-test.labels["mean_logprob"][scored])

@@ -7,10 +7,12 @@ The driver checks the inputs from the labels alone (clear errors before any Ray 
 verified on the cluster, and starts a TorchTrainer (one worker by default, a GPU when the cluster has one); each worker
 reads its one (layer, position) from the shards itself. Rank 0 writes, to --out-dir:
   best.safetensors, last.safetensors   the probe (weight, bias, feature mean/std), safetensors metadata says which
+  best.json                            best's card (raypipe.probes.saved): what `raypipe score` applies elsewhere
   probe_config.json                    everything needed to apply it again (label, layer, position, task, epoch)
   metrics.jsonl                        one line per epoch: loss and ROC-AUC/PR-AUC/accuracy/F1 (or Spearman/MSE)
-  evaluation.json                      best probe on test: score, bootstrap CI, permutation p-value, baselines
-  loss_curves.png, roc_best_probe.png
+  evaluation.json                      best probe on test: score, bootstrap CI, permutation p-value, calibration
+                                       (ECE with its CI), baselines
+  loss_curves.png, roc_best_probe.png, reliability_best_probe.png
 W&B logs every epoch when --wandb-project is given: the key comes from the environment or a `.env` file and is
 never printed or saved; without a key the run is offline, under OUT/wandb.
 """
@@ -27,7 +29,7 @@ import numpy as np
 from raypipe.probes.config import TrainConfig
 from raypipe.errors import UserError
 from raypipe.fs import Location
-from raypipe.probes.metrics import TaskType, json_safe, metric_name, report, significance
+from raypipe.probes.metrics import TaskType, calibration, json_safe, metric_name, report, significance
 from raypipe.tracking import find_dotenv_path, wandb_run
 
 CHECKPOINT_KEYS = ("weight", "bias", "feature_mean", "feature_std")
@@ -168,7 +170,8 @@ def train_loop_per_worker(config: dict) -> None:
         "wandb": wandb_info, "ran": where(str(device)),
     }), indent=2) + "\n").encode())
     out.write_atomic("evaluation.json", (json.dumps(json_safe(evaluation), indent=2) + "\n").encode())
-    _train_plots(out, history, evaluation_sets, best, task, data)
+    _card_best(out, build, config, data, task, evaluation)
+    _train_plots(out, history, evaluation_sets, best, task, data, evaluation)
     if run is not None:
         run.summary.update({k: v for k, v in evaluation.get("test", {}).items() if isinstance(v, (int, float))})
         run.finish()
@@ -180,6 +183,21 @@ def _save_probe(out: Location, name: str, linear, mean, std, config: dict, epoch
     metadata = {"label": str(config["_label"]), "task_type": str(config["_task"]), "layer": str(config["_layer"]),
                 "position": str(config["_position"]), "epoch": str(epoch), "format": "raypipe.linear-probe/1"}
     out.write_atomic(name, save(probe_state(linear, mean, std), metadata=metadata))
+
+
+def _card_best(out: Location, build, config: dict, data, task: TaskType, evaluation: dict) -> None:
+    """best.safetensors again in the saved-probe format (the same tensors), with its card best.json: what
+    `raypipe score` applies to another build."""
+    from safetensors.numpy import load
+
+    from raypipe.probes import saved
+
+    tensors = load(out.read_bytes("best.safetensors"))
+    scores = {key: value for key, value in evaluation.items() if key != "baselines"}
+    card = saved.card(build, "train", data.label, task, config["_layer"], config["_position"], scores,
+                      fit={"epochs": config["epochs"], "lr": config["lr"], "weight_decay": config["weight_decay"],
+                           "standardized": config["standardize"], "seed": config["seed"]})
+    saved.save_probe(out, "best", saved.SavedProbe(*(tensors[key] for key in saved.TENSORS), card=card))
 
 
 def _scored(data) -> list[str]:
@@ -199,6 +217,9 @@ def _evaluate(config: dict, data, task: TaskType, best: dict, select_on: str, se
         predictions, labels = best["outputs"][split].numpy(), sets[split][1].numpy()
         evaluation[split] = {**report(predictions, labels, task), "significance": significance(
             predictions, labels, task, config["resamples"], config["seed"])}
+        if task == "classification":  # a monitor's threshold is read off its probabilities: are they calibrated?
+            evaluation[split]["calibration"] = calibration(predictions, labels, resamples=config["resamples"],
+                                                           seed=config["seed"])
     evaluation["baselines"] = evaluate_baselines(
         data.train.prompt_length, data.train.labels,
         {split: (data.splits[split].prompt_length, data.splits[split].labels) for split in scored}, task, None,
@@ -210,7 +231,7 @@ def _evaluate(config: dict, data, task: TaskType, best: dict, select_on: str, se
     return evaluation
 
 
-def _train_plots(out: Location, history, sets, best, task, data) -> None:
+def _train_plots(out: Location, history, sets, best, task, data, evaluation: dict) -> None:
     from raypipe.probes import plots
     from raypipe.probes.baselines import fit_predict_baseline
 
@@ -224,6 +245,8 @@ def _train_plots(out: Location, history, sets, best, task, data) -> None:
         plots.roc_curves(out, "roc_best_probe.png", labels,
                          {"probe": best["outputs"]["test"].numpy(), "prompt-length baseline": length},
                          f"best probe (epoch {best['epoch']}) on test")
+        plots.reliability(out, "reliability_best_probe.png", {"probe": evaluation["test"]["calibration"]},
+                          f"best probe (epoch {best['epoch']}) on test")
 
 
 # --- the driver ----------------------------------------------------------------------------------------------------

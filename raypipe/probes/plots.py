@@ -108,3 +108,34 @@ def loss_curves_figure(history: list[dict], keys: list[str]):
     axis.legend()
     axis.set_title("loss per epoch")
     return figure
+
+
+def reliability(location: Location, name: str, curves: dict[str, dict], title: str) -> None:
+    save_figure(location, name, reliability_figure(curves, title))
+
+
+def reliability_figure(curves: dict[str, dict], title: str):
+    """Reliability diagram of named `metrics.calibration` results: does a probability of p come true p of the time?
+
+    Each curve joins its non-empty bins' (mean probability, fraction positive); the axis below counts rows per bin,
+    since a bin of three rows says little.
+    """
+    plt = pyplot()
+    figure, (axis, counts) = plt.subplots(2, 1, figsize=(5, 6.5), sharex=True,
+                                          gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08})
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    for label, result in curves.items():
+        filled = [b for b in result["bins"] if b["count"] > 0]
+        ece = result.get("value")
+        line, = axis.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker="o",
+                          markersize=4, label=f"{label} (ECE {'n/a' if ece is None else f'{ece:.3f}'})")
+        edges = [result["bins"][0]["low"]] + [b["high"] for b in result["bins"]]
+        counts.stairs([b["count"] for b in result["bins"]], edges, color=line.get_color(), fill=True, alpha=0.3)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("fraction positive")
+    axis.set_title(title)
+    axis.legend(loc="upper left", fontsize=8)
+    counts.set_xlabel("mean predicted probability")
+    counts.set_ylabel("rows")
+    return figure

@@ -3,7 +3,9 @@
     python -m raypipe.train --sweep --data-dir runs/demo --out-dir runs/demo-sweep      (also: raypipe sweep)
 
 Same fits, folds and outputs as the probe-pipeline seed (`performance.json`, `best_probe_predictions.json`,
-`all_predictions.json`, plots). The driver reads only labels and plans; the cells run as blocks (blocks.py: one layer
+`all_predictions.json`, plots), plus the chosen cell's probe (`probe.safetensors` and its card `probe.json`, see
+saved.py; every cell's with --save-all-probes) and, for a binary label, its calibration (ECE with a CI, a
+reliability plot). The driver reads only labels and plans; the cells run as blocks (blocks.py: one layer
 and every position by default) on the cluster's GPUs or CPUs, each reading its own slices of the shards and solving
 its probes and folds together (solvers.py), then scoring them. The driver gathers, picks the best cell on train CV,
 and writes the outputs, with where each block ran. A cell that cannot be fitted (non-finite features) is reported in
@@ -24,7 +26,10 @@ from raypipe.probes.baselines import evaluate_baselines
 from raypipe.probes.blocks import Block, plan_blocks, run_blocks
 from raypipe.probes.config import SweepConfig
 from raypipe.probes.dataset import ProbeData, load_probe_data
-from raypipe.probes.metrics import accuracies, json_safe, metric_name, permutation_pvalues, scores, significance
+from raypipe.probes import saved
+from raypipe.probes.metrics import (accuracies, calibration, json_safe, metric_name, permutation_pvalues, scores,
+                                    significance)
+from raypipe.probes.saved import SavedProbe, save_probe
 
 
 def assign_folds(labels: np.ndarray, task: str, n_folds: int, seed: int) -> np.ndarray:
@@ -70,9 +75,10 @@ def _chunk_size(rows: int, hidden: int, fits: int, memory_gb: float) -> int:
 def solve_cells(config: SweepConfig, task: str, n_classes: int, labels: np.ndarray, features: dict, cells: list,
                 fold: np.ndarray | None, device: str) -> tuple[dict[str, np.ndarray], dict[int, str], int]:
     """Fit the probes of `cells` ((position, layer) indices into features [rows, layers, positions, hidden] of each
-    split). Returns predictions per split ('train', 'cv', and every other split given) as [cells, rows(, classes)],
-    the cells that could not be fitted (index -> why; their predictions are NaN), and how many probes needed their
-    Gram matrix in float64."""
+    split). Returns predictions per split ('train', 'cv', and every other split given) as [cells, rows(, classes)] and,
+    under 'weights', each cell's fit on every train row, [cells, hidden (+1 intercept)(, classes)] (what predicts the
+    other splits: a saved probe's weights); the cells that could not be fitted (index -> why; their predictions are
+    NaN); and how many probes needed their Gram matrix in float64."""
     import torch
 
     from raypipe.probes.solvers import fit_logistic, fit_multinomial, fit_ridge
@@ -119,7 +125,8 @@ def solve_cells(config: SweepConfig, task: str, n_classes: int, labels: np.ndarr
             fits = fit_ridge(X, y, block_of_row, include, alpha=config.alpha)
             link = lambda z: z  # noqa: E731
         logits = fits.train_logits  # [c, N, (C,) F]
-        out = {"train": link(logits[..., -1:]).squeeze(-1), "exact_gram": fits.exact_gram}
+        out = {"train": link(logits[..., -1:]).squeeze(-1), "weights": fits.weights[..., -1],
+               "exact_gram": fits.exact_gram}
         if fold is not None:  # each row's prediction by the fit that held its fold out
             index = block_of_row.view(1, -1, *([1] * (logits.dim() - 2))).expand(*logits.shape[:-1], 1)
             out["cv"] = link(logits.gather(-1, index)).squeeze(-1)
@@ -131,6 +138,7 @@ def solve_cells(config: SweepConfig, task: str, n_classes: int, labels: np.ndarr
     classes = (n_classes,) if task == "multiclass" else ()
     predictions = {name: np.full((len(cells), features["train" if name == "cv" else name].shape[0], *classes),
                                  np.nan) for name in ["train", *(["cv"] if fold is not None else []), *others]}
+    predictions["weights"] = np.full((len(cells), hidden, *classes), np.nan)
     unfit = {i: why for i, cell in enumerate(cells) if (why := unfittable(cell)) is not None}
     fittable = [i for i in range(len(cells)) if i not in unfit]
     exact_gram = 0
@@ -201,6 +209,7 @@ def fit_block(work: SweepWork, block: Block, device: str) -> dict:
     n_classes = len(data.classes) if data.task == "multiclass" else 1
     predictions, unfit, exact_gram = solve_cells(config, data.task, n_classes, data.train.labels, features, cells,
                                                  fold, device)
+    weights = predictions.pop("weights")
     del features
     task, labels = data.task, data.train.labels
     result_scores = {"train": scores(predictions["train"], labels[None], task)}
@@ -222,12 +231,14 @@ def fit_block(work: SweepWork, block: Block, device: str) -> dict:
                 result_scores[f"{name}_accuracy"] = accuracies(predictions[name], target[None])
     return {"cells": [(p, block.layers[i]) for p, i in cells], "scores": result_scores,
             "predictions": {name: values.astype(np.float32) for name, values in predictions.items()},
+            "weights": weights.astype(np.float32),
             "unfit": {cells_index: why for cells_index, why in unfit.items()}, "exact_gram": exact_gram,
             "block_mb": block_mb}
 
 
 def _gather(results: list[dict], n_positions: int, n_layers: int) -> tuple[dict, dict, dict, list]:
-    """Blocks' results as arrays in (position, layer) cell order: scores [cells], predictions [cells, rows(, C)]."""
+    """Blocks' results as arrays in (position, layer) cell order: scores [cells], predictions [cells, rows(, C)]
+    (and the cells' weights under 'weights')."""
     n_cells = n_positions * n_layers
     gathered_scores: dict[str, np.ndarray] = {}
     gathered_predictions: dict[str, np.ndarray] = {}
@@ -237,7 +248,7 @@ def _gather(results: list[dict], n_positions: int, n_layers: int) -> tuple[dict,
         order = np.array([p * n_layers + l for p, l in result["cells"]])
         for name, values in result["scores"].items():
             gathered_scores.setdefault(name, np.full(n_cells, np.nan))[order] = values
-        for name, values in result["predictions"].items():
+        for name, values in [*result["predictions"].items(), ("weights", result["weights"])]:
             target = gathered_predictions.setdefault(name, np.full((n_cells, *values.shape[1:]), np.nan,
                                                                     dtype=np.float32))
             target[order] = values
@@ -268,6 +279,7 @@ def run_sweep(config: SweepConfig) -> dict:
     results = run_blocks(fit_block, SweepWork(data, fold, config), blocks, build, config.executor, config.device)
     fit_seconds = time.perf_counter() - started
     grid_scores, predictions, unfit, ran = _gather(results, n_positions, n_layers)
+    weights = predictions.pop("weights")
     missing = np.full(n_positions * n_layers, np.nan)
     for split in ("test", "cv", "cv_std", "test_p_value"):  # the seed's keys, present even when empty
         grid_scores.setdefault(split, missing)
@@ -296,6 +308,9 @@ def run_sweep(config: SweepConfig) -> dict:
                                         for name, b in baselines.items()}
         if task == "multiclass":  # accuracy beside the macro ROC-AUC
             best_summary[f"{split}_accuracy"] = float(accuracies(chosen, labels))
+        if task == "classification":  # a monitor's threshold is read off its probabilities: are they calibrated?
+            best_summary[f"{split}_calibration"] = calibration(chosen, labels, resamples=config.resamples,
+                                                               seed=config.seed)
     if fold is not None:
         best_summary["cv_lift"] = {name: _lift(grid_scores["cv"][best], b.get("cv")) for name, b in baselines.items()}
     if task == "multiclass":
@@ -339,7 +354,30 @@ def run_sweep(config: SweepConfig) -> dict:
     })
     _write_all_predictions(location, data, predictions, fold, scored)
     _sweep_plots(location, data, performance, predictions, best, selection)
+    _save_probes(location, build, config, data, weights, best, best_summary, unfit)
     return performance
+
+
+def _save_probes(location: Location, build, config: SweepConfig, data: ProbeData, weights: np.ndarray, best: int,
+                 best_summary: dict, unfit: dict) -> None:
+    """The chosen cell's probe as probe.safetensors + probe.json; with --save-all-probes every fitted cell's too, as
+    probes/pos_{position}_layer_{layer}.*, each card with its cell's scores."""
+    n_layers, hidden = len(data.layers), build.hidden_size
+
+    def save(name: str, cell: int, scores: dict) -> None:
+        position, layer = data.positions[cell // n_layers], data.layers[cell % n_layers]
+        probe_card = saved.card(build, "sweep", data.label, data.task, layer, position, scores, data.classes,
+                                fit={"alpha": config.alpha, "fit_intercept": config.fit_intercept,
+                                     "standardized": False, "seed": config.seed})
+        save_probe(location, name, SavedProbe.from_fit(weights[cell], config.fit_intercept, hidden, probe_card))
+
+    save("probe", best, {key: value for key, value in best_summary.items() if key not in ("position", "layer")})
+    if config.save_all_probes:
+        files = saved.cell_file_names("probes/", [(data.positions[cell // n_layers], data.layers[cell % n_layers])
+                                                  for cell in range(len(weights))])
+        for cell, file in enumerate(files):
+            if cell not in unfit:
+                save(file, cell, {"chosen": cell == best})
 
 
 def _write_all_predictions(location: Location, data: ProbeData, predictions: dict, fold, scored: list) -> None:
@@ -392,6 +430,8 @@ def _sweep_plots(location: Location, data: ProbeData, performance: dict, predict
                                       test.prompt_length, data.task)
         plots.roc_curves(location, "roc_best_probe.png", test.labels,
                          {"probe": predictions["test"][best], "prompt-length baseline": length}, title)
+        plots.reliability(location, "reliability_best_probe.png",
+                          {"probe": performance["best"]["test_calibration"]}, title)
     elif data.task == "regression":
         plots.prediction_scatter(location, "predictions_best_probe.png", test.labels, predictions["test"][best],
                                  title)

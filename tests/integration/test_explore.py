@@ -20,16 +20,22 @@ def test_the_notebook_runs_headless_and_shows_the_builds_labels(local_build, tmp
     result = run_cli("raypipe.cli", "sweep", "--data-dir", str(local_build), "--out-dir", str(sweep), "--n-folds", "2",
                      "--resamples", "50", env=shared_ray)
     assert result.returncode == 0, result.stderr[-2000:]
+    # The sweep's saved probe scored on the build under Ray (the shared head), as a user scores another build.
+    scored = run_cli("raypipe.cli", "score", str(sweep / "probe.safetensors"), "--data-dir", str(local_build),
+                     "--out-dir", str(tmp_path / "scored"), "--resamples", "50", env=shared_ray)
+    assert scored.returncode == 0, scored.stdout[-2000:] + scored.stderr[-2000:]
+    assert "Wrote" in scored.stdout and "test:" in scored.stdout
     html = tmp_path / "explorer.html"
     export = subprocess.run([MARIMO, "export", "html", "--no-include-code", str(REPO / "notebooks" / "explorer.py"),
-                             "-o", str(html), "-f", "--", "--data-dir", str(local_build), "--sweep-dir", str(sweep)],
+                             "-o", str(html), "-f", "--", "--data-dir", str(local_build), "--sweep-dir", str(sweep),
+                             "--score-dir", str(tmp_path / "scored")],
                             capture_output=True, text=True, timeout=600)
     assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-3000:]
     page = html.read_text()  # rendered outputs only: the notebook's code is left out
     for label in read_manifest(local_build)["labels"]:
         assert label in page, label
     for section in ("Label distributions", "Rollouts", "A probe, fitted live", "roc_auc per (layer, position)",
-                    "Best: layer", "test roc_auc"):
+                    "Best: layer", "test roc_auc", "Scores of a saved", "probe score"):
         assert section in page, section
 
 

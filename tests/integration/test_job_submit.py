@@ -68,15 +68,17 @@ def _job_active(address, env, job_id) -> bool:
     return "RUNNING" in status or "PENDING" in status
 
 
-def _submit(address, env, out, wait: bool):
-    """`ray job submit`; a head whose job agent has not registered yet answers "No available agent ... try again
-    later" (seen on a loaded machine seconds after `ray start`): that answer alone is retried, for up to 2 minutes."""
+def _submit(address, env, out, wait: bool, command_args: list[str] | None = None):
+    """`ray job submit` of the build (or of `command_args`); a head whose job agent has not registered yet answers
+    "No available agent ... try again later" (seen on a loaded machine seconds after `ray start`): that answer alone
+    is retried, for up to 2 minutes."""
     command = ["ray", "job", "submit", "--address", address]
     if not wait:
         command.append("--no-wait")
     deadline = time.time() + 120
     while True:
-        result = subprocess.run([*command, "--", "python", "-m", "raypipe.build", *BUILD_ARGS, "--out-dir", out],
+        job = command_args or ["python", "-m", "raypipe.build", *BUILD_ARGS, "--out-dir", out]
+        result = subprocess.run([*command, "--", *job],
                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         if result.returncode == 0 or "No available agent" not in result.stderr or time.time() > deadline:
             return result
@@ -110,3 +112,26 @@ def test_one_gpu_job_streams_survives_a_stop_and_resubmits_to_the_local_result(r
     assert read_manifest(out)["runs"][-1]["placement"]["mode"] == "colocated"
     assert_streamed(folder)
     assert_same_dataset(out, local_build)
+
+    # A probe swept on the local build, saved, and scored on the job's build as a job: the same rows, the same scores.
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from raypipe.probes.config import SweepConfig
+    from raypipe.probes.saved import load_saved_probe
+    from raypipe.probes.sweep import run_sweep
+    from raypipe.reader import Build
+
+    run_sweep(SweepConfig(data_dir=str(local_build), out_dir=str(tmp_path / "sweep"), executor="local", n_folds=2,
+                          resamples=50))
+    probe_path = str(tmp_path / "sweep" / "probe.safetensors")
+    scored = _submit(address, env, out, wait=True, command_args=[
+        "python", "-m", "raypipe.cli", "score", probe_path, "--data-dir", out, "--out-dir", str(tmp_path / "scored"),
+        "--resamples", "50"])
+    assert scored.returncode == 0 and "succeeded" in scored.stdout, scored.stdout[-4000:]
+    probe, build = load_saved_probe(probe_path), Build(out)  # the job's build, read as the job read it
+    layer, position = build.layers.index(probe.card["layer"]), build.positions.index(probe.card["position"])
+    rows = pq.read_table(tmp_path / "scored" / "scores.parquet").to_pandas()
+    for split in build.splits():
+        expected = probe.predict(build.features(split, [layer], [position])[:, 0, 0].numpy())
+        np.testing.assert_allclose(rows[rows["split"] == split]["score"], expected, atol=1e-5)

@@ -52,8 +52,20 @@ def test_ray_train_probe_finds_the_planted_direction_and_keeps_the_key_secret(pl
     assert score(logits.numpy(), test["label.planted"].numpy(), "classification") == pytest.approx(
         evaluation["test"]["roc_auc"], abs=1e-6)
     assert (out / "last.safetensors").exists() and not list(out.glob("*.pt")) and not list(out.glob("*.pkl"))
-    for png in ("loss_curves.png", "roc_best_probe.png"):
+    for png in ("loss_curves.png", "roc_best_probe.png", "reliability_best_probe.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    calibrated = evaluation["test"]["calibration"]
+    assert calibrated["ci95"][0] <= calibrated["value"] <= calibrated["ci95"][1] and calibrated["rows"] == 120
+    # The best probe's card: `raypipe score` applies it and reproduces the reported test score and calibration.
+    from raypipe.probes.config import ScoreConfig
+    from raypipe.probes.score import run_score
+
+    card = json.loads((out / "best.json").read_text())
+    assert (card["produced_by"], card["layer"], card["position"], card["label"]) == ("train", 2, -1, "planted")
+    scored = run_score(ScoreConfig(probe=str(out / "best.safetensors"), data_dir=str(planted),
+                                   out_dir=str(tmp_path / "scored"), executor="local"))["splits"]["test"]
+    assert scored["significance"]["value"] == pytest.approx(evaluation["test"]["roc_auc"], abs=1e-6)
+    assert scored["calibration"]["value"] == pytest.approx(calibrated["value"], abs=1e-6)
 
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
