@@ -22,6 +22,14 @@ EMBEDDED_MODEL_ID = "embedded:SmolLM2-135M-Instruct"
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
+def torch_dtype(name: str):
+    """A `Dtype` (or a torch dtype's own name) as the torch dtype; 'auto' stays 'auto' (transformers picks)."""
+    import torch
+
+    return "auto" if name == "auto" else {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                          "float16": torch.float16}.get(name) or getattr(torch, name)
+
+
 def knob(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, flags: tuple[str, ...] = (),
          key: str | None = None, cli: bool = True) -> Any:
     """A config field declared once: default (or factory), help, and the command-line flags (default: --field-name)

@@ -8,8 +8,11 @@ mount or an object store. All of raypipe's file I/O goes through `Location`, whi
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
+
+from raypipe.jsonsafe import json_safe
 
 
 def write_token() -> str:
@@ -60,6 +63,10 @@ class Location:
                     digest.update(chunk)
             self.fs.move(tmp, final)
         return digest.hexdigest()
+
+    def write_json(self, relative: str, value, indent: int | None = 1) -> str:
+        """`value` as standard JSON (json_safe: NaN becomes null), written atomically; returns its sha256."""
+        return self.write_atomic(relative, (json.dumps(json_safe(value), indent=indent) + "\n").encode())
 
     def read_bytes(self, relative: str) -> bytes:
         with self.fs.open_input_stream(self.path(relative)) as f:

@@ -14,6 +14,7 @@ import json
 import struct
 from typing import Any
 
+from raypipe.config import torch_dtype
 from raypipe.errors import UserError
 from raypipe.fs import Location
 from raypipe.store import complete_shards, read_manifest, verify_file
@@ -114,7 +115,7 @@ class Build:
         for entry in self.shards(split):
             with open_shard(self.location, self._tensor_file(entry), self.ranged) as shard:
                 block = shard.block(layers, positions)
-                parts.append(block if dtype is None else block.to(getattr(torch, dtype)))
+                parts.append(block if dtype is None else block.to(torch_dtype(dtype)))
         return torch.cat(parts)
 
     def rollouts(self, split: str, columns: list[str] | None = None):

@@ -81,7 +81,7 @@ def read_manifest(out_dir: str, location: Location | None = None) -> dict[str, A
 
 
 def write_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
-    Location(str(out_dir)).write_atomic(MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    Location(str(out_dir)).write_json(MANIFEST, manifest, indent=2)
 
 
 def complete_shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:

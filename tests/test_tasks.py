@@ -244,7 +244,7 @@ def test_shipped_experiment_templates_all_validate():
     assert not any(c.is_proxy for c in load_spec(templates_dir() / "2d_0proxy").categories.values())
 
 
-def test_trigger_rows_as_a_build_source_with_their_twins(tmp_path):
+def test_trigger_rows_as_a_build_source_with_their_twins(tmp_path, monkeypatch):
     from raypipe.config import SourceConfig
     from raypipe.data import load_splits
     from raypipe.errors import UserError
@@ -272,10 +272,19 @@ def test_trigger_rows_as_a_build_source_with_their_twins(tmp_path):
     assert ood and all(r["is_ood"] for r in ood)
     with pytest.raises(UserError, match="split 'dev' is not in .* its splits are: train, test, "):
         probe_source_rows(f"trigger:{exp}", "dev")
+    from raypipe.tasks import source
+
+    source._generate.cache_clear()
+    calls = []
+    real = source.Experiment.splits
+    monkeypatch.setattr(source.Experiment, "splits", lambda self: calls.append(1) or real(self))
     splits, _ = load_splits(SourceConfig(train_dataset=f"trigger:{exp}", test_dataset=f"trigger:{exp}",
                                          test_split="test", label_columns=["quadrant", "trigger_present"]))
     assert len(splits["train"]) == len(train)
     assert {r["columns"]["quadrant"] for r in splits["test"]} == {0.0, 1.0, 2.0, 3.0}
+    # train, test and the four automatic evaluation splits: one generation of the experiment's data
+    assert set(splits) == {"train", "test", "objects_ID", "objects_OOD", "actions_ID", "actions_OOD"}
+    assert len(calls) == 1
 
 
 def test_a_bare_spec_gives_its_test_files_as_evaluation_splits_of_the_same_generation(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 
+from raypipe.config import torch_dtype
 from raypipe.engines.base import request_seed
 
 
@@ -59,8 +60,6 @@ class HfEngine:
     def __init__(self, model_path: str, model, seed: int):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-        from raypipe.stages.prefill import torch_dtype
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.llm = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(model.dtype),

@@ -5,7 +5,6 @@ a neutral word; accuracy per trigger, ID vs OOD. `analyze_run` writes both besid
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -140,7 +139,7 @@ def analyze_run(results_dir: str, *, layers: list[int] | None = None, n_pairs: i
     from raypipe.finetune.checkpoint import atomic_folder
     from raypipe.finetune.patching import patching_heatmap, residual_patching
     from raypipe.finetune.plots import save_png
-    from raypipe.probes.metrics import json_safe
+    from raypipe.fs import Location
     from raypipe.tasks.experiment import load_experiment
 
     PatchingConfig(layers, n_pairs, n_positions)
@@ -179,8 +178,7 @@ def analyze_run(results_dir: str, *, layers: list[int] | None = None, n_pairs: i
 
     def write(folder: str) -> None:
         for name, data in (("patching.json", patching), ("ablation.json", ablation)):
-            with open(os.path.join(folder, name), "w") as f:
-                f.write(json.dumps(json_safe(data), indent=2) + "\n")
+            Location(folder).write_json(name, data, indent=2)
         if figure is not None:
             save_png(folder, "patching_heatmap.png", figure)
 

@@ -88,7 +88,7 @@ def summarize(exp_dir: str) -> dict:
             summary["accuracy"][kind] = {"mean": statistics.fmean(values),
                                          "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                                          "min": min(values), "max": max(values), "values": values}
-    Location(exp_dir).write_atomic("summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    Location(exp_dir).write_json("summary.json", summary, indent=2)
     if summary["accuracy"]:
         plots.save_png(exp_dir, "summary.png", plots.seeds_summary_figure(summary))
     return summary

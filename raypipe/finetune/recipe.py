@@ -12,7 +12,6 @@ safetensors) and merged/ (a plain causal-LM folder `raypipe build --model-id` lo
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -23,6 +22,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from raypipe.config import torch_dtype
 from raypipe.finetune import accuracy as acc
 from raypipe.finetune import steps
 from raypipe.finetune.data import ChatFormat, answer_loss, answer_tokens, collate
@@ -125,7 +125,7 @@ class FinetuneRecipe:
         self.base_dtype = getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         self.fmt = ChatFormat(self.tokenizer)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), trust_remote_code=False)
         if self.ft.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()  # LoRA: the frozen embeddings must still pass gradients on
@@ -344,7 +344,7 @@ class FinetuneRecipe:
                            lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
             model = model.merge_and_unload()
         dtype = self.base_dtype if isinstance(self.base_dtype, torch.dtype) else (
-            getattr(torch, self.base_dtype) if isinstance(self.base_dtype, str) else torch.float32)
+            torch_dtype(self.base_dtype) if isinstance(self.base_dtype, str) else torch.float32)
         model = model.to("cpu", dtype=dtype)
         if self.ft.gradient_checkpointing:
             model.gradient_checkpointing_disable()
@@ -360,9 +360,8 @@ class FinetuneRecipe:
 
     def _write_json(self, name: str, data) -> None:
         from raypipe.fs import Location
-        from raypipe.probes.metrics import json_safe
 
-        Location(self.results_dir).write_atomic(name, (json.dumps(json_safe(data), indent=2) + "\n").encode())
+        Location(self.results_dir).write_json(name, data, indent=2)
 
 
 def _sample(rows: list[dict], size: int | None, rng: random.Random) -> list[dict]:

@@ -176,4 +176,4 @@ def _read_json(path: str):
 def _write_json(path: str, data) -> None:
     from raypipe.fs import Location
 
-    Location(os.path.dirname(path)).write_atomic(os.path.basename(path), (json.dumps(data, indent=2) + "\n").encode())
+    Location(os.path.dirname(path)).write_json(os.path.basename(path), data, indent=2)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from raypipe.probes.metrics import TaskType, json_safe, score, significance
+from raypipe.jsonsafe import json_safe
+from raypipe.probes.metrics import TaskType, score, significance
 
 
 def _length_model(task: TaskType):

@@ -15,7 +15,6 @@ slices; the driver reads labels only. Writes `probe_eval.json` (the seed's name,
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +23,7 @@ from raypipe.errors import UserError
 from raypipe.fs import Location
 from raypipe.probes.config import EvaluateConfig
 from raypipe.probes import plots
-from raypipe.probes.metrics import calibration, json_safe, significance
+from raypipe.probes.metrics import calibration, significance
 
 SEP_POSITIONS = (-1, "answer:-2")
 
@@ -209,7 +208,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     }
     location = Location(config.out_dir)
     _save_probes(location, build, probes, fitted)
-    location.write_atomic("probe_eval.json", (json.dumps(json_safe(evaluation), indent=1) + "\n").encode())
+    location.write_json("probe_eval.json", evaluation)
     _roc_figure(location, splits["test"], targets["test"], curves)
     plots.reliability(location, "reliability_probe_eval.png", reliability,
                       "best probes' scores as P(incorrect) (test)")

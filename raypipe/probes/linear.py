@@ -29,7 +29,8 @@ import numpy as np
 from raypipe.probes.config import TrainConfig
 from raypipe.errors import UserError
 from raypipe.fs import Location
-from raypipe.probes.metrics import TaskType, calibration, json_safe, metric_name, report, significance
+from raypipe.jsonsafe import json_safe
+from raypipe.probes.metrics import TaskType, calibration, metric_name, report, significance
 from raypipe.tracking import find_dotenv_path, wandb_run
 
 CHECKPOINT_KEYS = ("weight", "bias", "feature_mean", "feature_std")
@@ -162,14 +163,14 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         select_on = f"{select_on} {metric}"
     evaluation = _evaluate(config, data, task, best, select_on, evaluation_sets)
-    out.write_atomic("probe_config.json", (json.dumps(json_safe({
+    out.write_json("probe_config.json", {
         **{k: v for k, v in config.items() if not k.startswith("_")},
         "label": config["_label"], "task_type": task, "layer": config["_layer"], "position": config["_position"],
         "hidden_size": int(x_all.shape[1]), "best_epoch": best["epoch"], "selected_on": select_on,
         "checkpoint_keys": list(CHECKPOINT_KEYS),
         "wandb": wandb_info, "ran": where(str(device)),
-    }), indent=2) + "\n").encode())
-    out.write_atomic("evaluation.json", (json.dumps(json_safe(evaluation), indent=2) + "\n").encode())
+    }, indent=2)
+    out.write_json("evaluation.json", evaluation, indent=2)
     _card_best(out, build, config, data, task, evaluation)
     _train_plots(out, history, evaluation_sets, best, task, data, evaluation)
     if run is not None:

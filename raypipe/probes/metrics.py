@@ -231,16 +231,3 @@ def calibration(probabilities, targets, bins: int = 10, resamples: int = 1000, s
             values[start:start + size] = np.abs(gap.reshape(size, bins)).sum(axis=1) / n
         result["ci95"] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
     return result
-
-
-def json_safe(value):
-    """NaN and infinities become None so that the JSON outputs stay standard JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    return value

@@ -26,7 +26,6 @@ import numpy as np
 
 from raypipe.errors import UserError
 from raypipe.fs import Location
-from raypipe.probes.metrics import json_safe
 
 FORMAT = "raypipe.linear-probe/1"
 TENSORS = ("weight", "bias", "feature_mean", "feature_std")
@@ -116,7 +115,7 @@ def save_probe(location: Location, name: str, probe: SavedProbe) -> str:
     location.write_atomic(f"{name}.safetensors", data)
     card = {**probe.card, "weights": f"{os.path.basename(name)}.safetensors",
             "weights_sha256": hashlib.sha256(data).hexdigest(), "hidden_size": probe.hidden_size}
-    location.write_atomic(f"{name}.json", (json.dumps(json_safe(card), indent=1) + "\n").encode())
+    location.write_json(f"{name}.json", card)
     return location.path(f"{name}.safetensors")
 
 

@@ -16,7 +16,6 @@ differs. Then, as the probe commands do, one Ray task reads only the probe's (la
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +25,7 @@ from raypipe.fs import Location
 from raypipe.probes.blocks import Block, run_blocks
 from raypipe.probes.config import ScoreConfig
 from raypipe.probes.dataset import resolve_layers, resolve_positions, split_labels
-from raypipe.probes.metrics import calibration, json_safe, metric_name, significance
+from raypipe.probes.metrics import calibration, metric_name, significance
 from raypipe.probes.saved import SavedProbe, load_saved_probe, model_record
 
 
@@ -148,7 +147,7 @@ def _write(location: Location, columns: dict, summary: dict, curves: dict, card:
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(columns), sink)
     location.write_atomic("scores.parquet", sink.getvalue().to_pybytes())
-    location.write_atomic("score.json", (json.dumps(json_safe(summary), indent=1) + "\n").encode())
+    location.write_json("score.json", summary)
     if curves:
         plots.reliability(location, "reliability.png", curves,
                           f"{card['label']} probe (layer {card['layer']}, {card['position']}) by split")

@@ -27,7 +27,8 @@ from raypipe.probes.blocks import Block, plan_blocks, run_blocks
 from raypipe.probes.config import SweepConfig
 from raypipe.probes.dataset import ProbeData, load_probe_data
 from raypipe.probes import saved
-from raypipe.probes.metrics import (accuracies, calibration, json_safe, metric_name, permutation_pvalues, scores,
+from raypipe.jsonsafe import json_safe
+from raypipe.probes.metrics import (accuracies, calibration, metric_name, permutation_pvalues, scores,
                                     significance)
 from raypipe.probes.saved import SavedProbe, save_probe
 
@@ -340,8 +341,8 @@ def run_sweep(config: SweepConfig) -> dict:
               f"'unfitted'): " + "; ".join(f"{cell}: {why}" for cell, why in list(unfitted.items())[:3])
               + ("; ..." if len(unfitted) > 3 else ""), flush=True)
     location = Location(config.out_dir)
-    _write_json(location, "performance.json", performance)
-    _write_json(location, "best_probe_predictions.json", {
+    location.write_json("performance.json", performance)
+    location.write_json("best_probe_predictions.json", {
         **best_summary,
         "task_type": task, "metric": metric,
         "train": {"row_id": train.row_id.tolist(), "labels": train.labels.tolist(),
@@ -407,10 +408,6 @@ def _lift(value: float, baseline: float | None) -> float | None:
     if baseline is None or np.isnan(value):
         return None
     return float(value - baseline)
-
-
-def _write_json(location: Location, name: str, payload: dict) -> None:
-    location.write_atomic(name, (json.dumps(json_safe(payload), indent=1) + "\n").encode())
 
 
 def _sweep_plots(location: Location, data: ProbeData, performance: dict, predictions: dict, best: int,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from raypipe.config import torch_dtype
 from raypipe.stages.base import ShardStage
 
 
@@ -38,12 +39,6 @@ def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     for other in sequences[1:]:
         n = next((i for i in range(n) if other[i] != first[i]), n)
     return n
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
 
 
 class _Enough(Exception):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 from raypipe.errors import UserError
@@ -23,6 +24,22 @@ def _experiment(path: str, seed: int | None) -> Experiment:
     return Experiment(config, load_spec(spec_path), os.path.dirname(os.path.abspath(spec_path)))
 
 
+def _generated(path: str, seed: int | None) -> tuple[Experiment, dict[str, list[dict]]]:
+    """The experiment and its generated splits, generated once per process for the same files: a build's prepare
+    asks for them once per split (train, test, each evaluation split), and the generator is the slow part. Keyed on
+    the files' modification times, so an edited experiment is generated again."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    stamps = tuple(os.stat(os.path.join(folder, name)).st_mtime_ns if os.path.isfile(os.path.join(folder, name))
+                   else None for name in (CONFIG, DATA_CONFIG))
+    return _generate(os.path.abspath(path), seed, stamps)
+
+
+@functools.lru_cache(maxsize=8)
+def _generate(path: str, seed: int | None, stamps: tuple) -> tuple[Experiment, dict[str, list[dict]]]:
+    experiment = _experiment(path, seed)
+    return experiment, experiment.splits()
+
+
 def _strip(spec: str) -> str:
     return spec[len(SOURCE_PREFIX):] if spec.startswith(SOURCE_PREFIX) else spec
 
@@ -30,7 +47,7 @@ def _strip(spec: str) -> str:
 def trigger_test_splits(spec: str, seed: int | None = None) -> list[str]:
     """The stems of the source's generated test files (test_objects_ID, test_objects_OOD, ...), in file order: the
     named evaluation splits a `trigger:` build offers. Seed as in `probe_source_rows`."""
-    return [name for name in _experiment(_strip(spec), seed).splits() if name.startswith("test_")]
+    return [name for name in _generated(_strip(spec), seed)[1] if name.startswith("test_")]
 
 
 def probe_source_rows(spec: str, split: str, seed: int | None = None) -> list[dict]:
@@ -39,9 +56,8 @@ def probe_source_rows(spec: str, split: str, seed: int | None = None) -> list[di
     trigger_present, is_ood, is_proxy as booleans. `split`: train (every train_/proxy_ file), test (every test_
     file) or one file's stem (test_objects_OOD). Seed, is_categorical, output_preamble: the experiment's
     config.json, else `seed` and ExperimentConfig's defaults."""
-    experiment = _experiment(_strip(spec), seed)
+    experiment, generated = _generated(_strip(spec), seed)
     task, is_categorical = experiment.spec, experiment.config.is_categorical
-    generated = experiment.splits()
     names = [n for n in generated if split_kind(n) == split or (split == "test" and split_kind(n) != "train")]
     if split in generated:
         names = [split]

@@ -350,7 +350,7 @@ def write_datasets(spec_or_path, seed: int, out_dir: str, *, is_categorical: boo
         paths[name] = out.path(f"{name}.jsonl")
     info = {"seed": seed, "is_categorical": is_categorical, "output_preamble": output_preamble,
             "label_words": spec.label_words(is_categorical), "rows": {k: len(v) for k, v in splits.items()}}
-    out.write_atomic("dataset_info.json", (json.dumps(info, indent=2) + "\n").encode())
+    out.write_json("dataset_info.json", info, indent=2)
     return paths
 
 
