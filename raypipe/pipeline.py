@@ -19,10 +19,7 @@ from raypipe.config import BuildConfig
 from raypipe.errors import UserError
 from raypipe.manifest import Manifest
 from raypipe.plan import BuildInputs, ShardPlan, plan_shards, prepare
-from raypipe.positions import rollout_markers
-
-STAGES = ("prepare", "rollout", "label", "prefill", "write")
-ACTOR_TASK_RETRIES = 2  # times Ray Data gives a shard to a fresh actor after its actor ended on a fatal error
+from raypipe.topology import ACTOR_TASK_RETRIES, stage_names, stage_specs
 
 
 def shard_row(plan: ShardPlan) -> dict[str, Any]:
@@ -115,23 +112,14 @@ def plan_placement(config: BuildConfig, inputs: BuildInputs):
 
 
 def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan], manifest: Manifest | None = None):
-    """Stream the pending shards through the stages on Ray Data; yield manifest entries as shards are written.
-
-    cpu and separate placements: rollout -> label -> prefill -> write, each stage its own actor pool. colocated:
-    engine (rollout + prefill on the same GPUs) -> label -> write. A shard whose stage actor died on it more often
-    than Ray's task retries allow never comes back from Ray Data; it is yielded as failed, so that the rest of the
-    build still finishes.
-    """
+    """Stream the pending shards through the stages (topology.stage_specs: the list for this placement) on Ray Data;
+    yield manifest entries as shards are written. A shard whose stage actor died on it more often than Ray's task
+    retries allow never comes back from Ray Data; it is yielded as failed, so that the rest of the build still
+    finishes."""
     import ray
 
     from raypipe.cluster import connect
     from raypipe.progress import ProgressPrinter, start_board
-    from raypipe.stages.colocated import ColocatedStage
-    from raypipe.stages.label import LabelStage
-    from raypipe.stages.prefill import PrefillStage
-    from raypipe.stages.prepare import PrepareStage
-    from raypipe.stages.rollout import RolloutStage
-    from raypipe.stages.write import WriteStage
     from raypipe.store import shard_name
 
     connect()
@@ -143,58 +131,18 @@ def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan], 
     context.enable_progress_bars = False  # one line per stage from raypipe instead of Ray Data's blocks
     context.print_on_execution_start = False
     context.max_errored_blocks = len(pending)  # a lost shard is reported failed; the others still finish
-    model, retries = config.model, config.max_retries
-    stages = [stage for stage in STAGES if stage != "rollout" or config.backend != "none"]
+    stages = stage_names(config)
     board = start_board(stages, len(pending), sum(len(p.indices) for p in pending))
-    # Bounded: a shard that kills every actor it meets must end as failed, not restart actors forever. Ray 2.60 has
-    # no named map_batches parameter for these, only the deprecated **ray_remote_args.
-    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-    actor_args = {"max_restarts": -1, "max_task_retries": ACTOR_TASK_RETRIES}
-    rollout = {"model_id": model.model_id, "model": model, "seed": config.source.seed, "backend": config.backend,
-               "retries": retries, "rollout_markers": rollout_markers(inputs.positions),
-               "missing_marker": config.features.missing_marker}
-    prefill = {"model_id": model.model_id, "dtype": model.dtype, "layers": inputs.layers,
-               "positions": inputs.positions, "batch_tokens": model.prefill_batch_tokens,
-               "trust_remote_code": model.trust_remote_code, "retries": retries}
-    engine_pool = ray.data.ActorPoolStrategy(size=max(placement.engines, 1),
-                                             max_tasks_in_flight_per_actor=model.shards_in_flight)
-    ds = ray.data.from_items([shard_row(p) for p in pending], override_num_blocks=len(pending))
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")  # max_restarts, max_task_retries
     # The sources' tables go to the object store once; a list keeps Ray from resolving the reference early. They go
     # with each call, not into the actor's constructor, so that a restarted actor (its node lost) needs none.
     sources = {key: dataclasses.replace(source, table=[ray.put(source.table)])
                for key, source in inputs.sources.items()}
-    # Tokenizing a shard takes milliseconds: zero CPUs, so that it never waits behind the model actors.
-    ds = ds.map_batches(PrepareStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
-                        fn_kwargs={"sources": sources},
-                        fn_constructor_kwargs={"config": config, "positions": inputs.positions, "retries": retries,
-                                               "progress": board}, **actor_args)
-    if config.backend == "none":
-        pass  # no rollouts: not a token is generated
-    elif placement.mode == "colocated":
-        vllm_share = dataclasses.replace(model, vllm=dataclasses.replace(
-            model.vllm, gpu_memory_utilization=placement.vllm_memory_utilization))
-        ds = ds.map_batches(
-            ColocatedStage, batch_size=1, compute=engine_pool, num_gpus=placement.gpus_per_engine, num_cpus=1,
-            fn_constructor_kwargs={"rollout": {**rollout, "model": vllm_share}, "progress": board,
-                                   "prefill": {**prefill, "max_memory_gb": placement.prefill_memory_gb}},
-            max_concurrency=model.shards_in_flight, **actor_args)
-    else:
-        ds = ds.map_batches(RolloutStage, batch_size=1, compute=engine_pool, num_gpus=placement.gpus_per_engine,
-                            num_cpus=1, fn_constructor_kwargs={**rollout, "progress": board},
-                            max_concurrency=model.shards_in_flight, **actor_args)
-    ds = ds.map_batches(LabelStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
-                        fn_constructor_kwargs={"loop_n": model.loop_n, "loop_k": model.loop_k,
-                                               "labels": config.labels, "planned": inputs.labels,
-                                               "progress": board}, **actor_args)
-    if placement.mode != "colocated":
-        ds = ds.map_batches(PrefillStage, batch_size=1,
-                            compute=ray.data.ActorPoolStrategy(size=placement.prefill_actors),
-                            num_gpus=placement.gpus_per_prefill, num_cpus=1,
-                            fn_constructor_kwargs={**prefill, "progress": board}, **actor_args)
-    # Writing is I/O: zero CPUs, so that it never waits behind the model actors for a slot.
-    ds = ds.map_batches(WriteStage, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
-                        fn_constructor_kwargs={"out_dir": config.out_dir, "retries": retries, "progress": board},
-                        **actor_args)
+    ds = ray.data.from_items([shard_row(p) for p in pending], override_num_blocks=len(pending))
+    for spec in stage_specs(config, inputs, placement, progress=board, sources=sources):
+        in_flight = {} if spec.concurrency is None else {"max_tasks_in_flight_per_actor": spec.concurrency}
+        ds = ds.map_batches(spec.stage, compute=ray.data.ActorPoolStrategy(size=spec.actors, **in_flight),
+                            **spec.map_arguments())
     returned = set()
     print(f"raypipe: streaming {len(pending)} shards", flush=True)
     with ProgressPrinter(board, stages):

@@ -1,11 +1,13 @@
 """The shard-stage base (no model, no Ray): retries, declared inputs, per-stage stats, and fatal errors that end
 the actor instead of burning the shard's retries."""
 
+import asyncio
+
 import pytest
 import torch
 
 from raypipe.progress import Board, format_stage
-from raypipe.stages.base import ShardStage, is_fatal
+from raypipe.stages.base import AsyncShardStage, ShardStage, is_fatal
 
 
 class Flaky(ShardStage):
@@ -34,6 +36,35 @@ def test_a_failure_is_retried_and_the_stats_say_so():
     stats = shard["stats"]["flaky"]
     assert stats["attempts"] == 2 and stats["tokens"] == 7 and stats["end"] >= stats["start"]
     assert stats["seconds"] >= 0 and isinstance(stats["pid"], int)
+
+
+class AsyncFlaky(AsyncShardStage):
+    """Flaky's async twin: the engine stages' path (run_async), through the same retry loop."""
+
+    name = "flaky"
+    inputs = ("row_id",)
+
+    def __init__(self, failures: int, retries: int):
+        super().__init__(retries)
+        self.failures, self.calls = failures, 0
+
+    async def work(self, shard):
+        await asyncio.sleep(0)  # a real suspension, as an engine's generate has
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError("boom")
+        shard["done"] = True
+        return {"tokens": 7}
+
+
+def test_an_async_stage_retries_through_the_same_loop():
+    stage = AsyncFlaky(failures=1, retries=2)
+    shard = asyncio.run(stage.run_async(_shard()))
+    assert shard["done"] and shard["retried"] == {"flaky": 1} and shard["stats"]["flaky"]["attempts"] == 2
+    failed = asyncio.run(AsyncFlaky(failures=9, retries=1).run_async(_shard()))
+    assert failed["attempts"] == 2 and failed["error"] == "flaky: RuntimeError: boom"
+    with pytest.raises(TypeError, match="an async stage runs through run_async"):
+        ShardStage.run(AsyncFlaky(failures=0, retries=0), _shard())  # a sync caller of an awaiting work
 
 
 def test_retries_run_out_and_the_shard_carries_its_error_past_later_stages():

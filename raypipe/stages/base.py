@@ -16,6 +16,7 @@ A stage is a callable class for Ray Data's `map_batches` (expensive set-up in `_
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import time
@@ -73,13 +74,25 @@ class ShardStage:
 
     def run(self, shard: dict[str, Any]) -> dict[str, Any]:
         """`work` with the checks, retries, fatal-error handling and stats described in the module docstring."""
+        # The one retry loop is a coroutine (`_attempts`); with a `work` that returns a plain value it never awaits,
+        # so it completes on its first step, without an event loop (a colocated engine calls this from a thread).
+        coroutine = self._attempts(shard)
+        try:
+            coroutine.send(None)
+        except StopIteration as done:
+            return done.value
+        coroutine.close()
+        raise TypeError(f"{type(self).__name__}.work awaited: an async stage runs through run_async")
+
+    async def _attempts(self, shard: dict[str, Any]) -> dict[str, Any]:
         if shard.get("error"):
             return shard
         started, error, attempt, metrics = time.time(), self._missing(shard), 0, None
         for attempt in range(1, 0 if error else self.retries + 2):
             try:
                 inject_fault(self.name, shard, attempt)
-                metrics = self.work(shard) or {}
+                result = self.work(shard)
+                metrics = (await result if inspect.isawaitable(result) else result) or {}
                 error = None
                 break
             except Exception as exc:  # noqa: BLE001 - recorded on the shard, or fatal for the actor
@@ -133,18 +146,8 @@ class AsyncShardStage(ShardStage):
         return put_shard(await self.run_async(get_shard(batch)))
 
     async def run_async(self, shard: dict[str, Any]) -> dict[str, Any]:
-        if shard.get("error"):
-            return shard
-        started, error, attempt, metrics = time.time(), self._missing(shard), 0, None
-        for attempt in range(1, 0 if error else self.retries + 2):
-            try:
-                inject_fault(self.name, shard, attempt)
-                metrics = await self.work(shard) or {}
-                error = None
-                break
-            except Exception as exc:  # noqa: BLE001 - recorded on the shard, or fatal for the actor
-                error = self._failed(shard, exc)
-        return self._record(shard, started, attempt, error, metrics)
+        """As `run`, awaiting `work`: the same retry loop."""
+        return await self._attempts(shard)
 
 
 def shard_label(shard: dict[str, Any]) -> str:
