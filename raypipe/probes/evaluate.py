@@ -220,6 +220,7 @@ def _save_probes(location: Location, build, probes: dict, fitted: dict) -> None:
     (its cell's scores, and whether it is the best); each cell entry of probe_eval.json names its file."""
     from raypipe.probes import saved
 
+    fitted_on = saved.origin(build)
     for name, probe in probes.items():
         cells = probe.get("cells", {})
         files = saved.cell_file_names(f"probes/{name}_", [(c["position"], c["layer"]) for c in cells.values()])
@@ -227,7 +228,7 @@ def _save_probes(location: Location, build, probes: dict, fitted: dict) -> None:
             arrays = fitted[(name, cell["layer"], cell["position"])]
             scores = {"test": {k: v for k, v in cell.items() if k not in ("layer", "position", "splits")},
                       **cell.get("splits", {})}
-            card = saved.card(build, "evaluate", PROBES[name], "classification", cell["layer"], cell["position"],
+            card = saved.card(fitted_on, "evaluate", PROBES[name], "classification", cell["layer"], cell["position"],
                               scores, evaluated_as="1 - P(correct) against incorrectness" if name == "accuracy"
                               else "P(semantic_entropy_high) against incorrectness", best=key == probe["best"])
             hidden = arrays["mean"].shape[0]

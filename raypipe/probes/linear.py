@@ -195,7 +195,7 @@ def _card_best(out: Location, build, config: dict, data, task: TaskType, evaluat
 
     tensors = load(out.read_bytes("best.safetensors"))
     scores = {key: value for key, value in evaluation.items() if key != "baselines"}
-    card = saved.card(build, "train", data.label, task, config["_layer"], config["_position"], scores,
+    card = saved.card(saved.origin(build), "train", data.label, task, config["_layer"], config["_position"], scores,
                       fit={"epochs": config["epochs"], "lr": config["lr"], "weight_decay": config["weight_decay"],
                            "standardized": config["standardize"], "seed": config["seed"]})
     saved.save_probe(out, "best", saved.SavedProbe(*(tensors[key] for key in saved.TENSORS), card=card))

@@ -87,12 +87,17 @@ def build_record(build) -> dict:
     return {"data_dir": build.out_dir, "manifest_sha256": Location(build.out_dir).sha256("manifest.json")}
 
 
-def card(build, produced_by: str, label: str, task: str, layer: int, position, scores: dict,
+def origin(build) -> dict:
+    """What every card of probes fitted on this reader.Build says of where they come from: the model and the build
+    (its manifest's sha256, read once however many probes a command saves)."""
+    return {"model": model_record(build.manifest), "build": build_record(build)}
+
+
+def card(fitted_on: dict, produced_by: str, label: str, task: str, layer: int, position, scores: dict,
          classes: list | None = None, **extra) -> dict:
-    """A probe's card (see the module's docstring); `build` is the reader.Build it was fitted on."""
+    """A probe's card (see the module's docstring); `fitted_on`: `origin(build)` of the build it was fitted on."""
     return {"format": FORMAT, "produced_by": produced_by, "label": label, "task_type": task,
-            "classes": classes, "layer": int(layer), "position": position, "model": model_record(build.manifest),
-            "build": build_record(build), "scores": scores, **extra}
+            "classes": classes, "layer": int(layer), "position": position, **fitted_on, "scores": scores, **extra}
 
 
 def cell_file_names(prefix: str, cells: list[tuple]) -> list[str]:

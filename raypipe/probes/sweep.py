@@ -363,11 +363,11 @@ def _save_probes(location: Location, build, config: SweepConfig, data: ProbeData
                  best_summary: dict, unfit: dict) -> None:
     """The chosen cell's probe as probe.safetensors + probe.json; with --save-all-probes every fitted cell's too, as
     probes/pos_{position}_layer_{layer}.*, each card with its cell's scores."""
-    n_layers, hidden = len(data.layers), build.hidden_size
+    n_layers, hidden, fitted_on = len(data.layers), build.hidden_size, saved.origin(build)
 
     def save(name: str, cell: int, scores: dict) -> None:
         position, layer = data.positions[cell // n_layers], data.layers[cell % n_layers]
-        probe_card = saved.card(build, "sweep", data.label, data.task, layer, position, scores, data.classes,
+        probe_card = saved.card(fitted_on, "sweep", data.label, data.task, layer, position, scores, data.classes,
                                 fit={"alpha": config.alpha, "fit_intercept": config.fit_intercept,
                                      "standardized": False, "seed": config.seed})
         save_probe(location, name, SavedProbe.from_fit(weights[cell], config.fit_intercept, hidden, probe_card))
