@@ -30,8 +30,9 @@ def main() -> None:
     from rollout import run_raypipe  # the rollout benchmark's own timing of the stage
 
     from raypipe.config import apply_overrides, get_preset
-    from raypipe.data import arithmetic_problems, to_prompt_rows
+    from raypipe.data import to_prompt_rows
     from raypipe.embedded import embedded_checkpoint
+    from raypipe.sources.builtin import arithmetic_problems
 
     overrides = {"max_tokens": args.max_tokens, "num_samples": args.samples, "entropy_top_k": 20}
     if args.samples > 1:

@@ -29,7 +29,7 @@ def write_source(path: Path, n: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raypipe.data import arithmetic_problems
+    from raypipe.sources.builtin import arithmetic_problems
 
     base = arithmetic_problems(1000, seed=0)
     prompts = [f"{base[i % 1000]['prompt']} (problem {i})" for i in range(n)]

@@ -49,7 +49,7 @@ def copy_template(name: str, target: str, config_changes: dict | None = None,
 
 
 def part_template(out: str, threads: int | None) -> dict:
-    from raypipe.finetune import run_finetune
+    from raypipe.finetune.run import run_finetune
 
     exp = copy_template("2d_0proxy", os.path.join(out, "2d_0proxy"), finetune_changes={"cpus_per_worker": threads})
     start = time.perf_counter()
@@ -151,7 +151,7 @@ def _trainer_epoch_rates(rows: list[dict], config, threads: int, epochs: int) ->
 
 
 def _ray_epoch_rates(exp: str) -> list[float]:
-    from raypipe.finetune import run_finetune
+    from raypipe.finetune.run import run_finetune
 
     marker = run_finetune(exp, rerun=True)
     history = json.load(open(os.path.join(exp, f"seed_{marker['seed']}", marker["results_dir"],

@@ -47,8 +47,9 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from raypipe.config import EMBEDDED_MODEL_ID
-    from raypipe.data import arithmetic_problems, to_prompt_rows
+    from raypipe.data import to_prompt_rows
     from raypipe.embedded import embedded_checkpoint
+    from raypipe.sources.builtin import arithmetic_problems
     from raypipe.stages.prefill import PrefillStage
 
     path = str(embedded_checkpoint())

@@ -33,7 +33,7 @@ def write_source(path: Path, rows: int) -> None:
     """Built-in arithmetic questions with label columns for the sweep (answer) and for SEP's evaluation (the
     names `raypipe evaluate` reads, derived from the questions: their values do not matter here, their size does)."""
     sys.path.insert(0, str(REPO))
-    from raypipe.data import arithmetic_problems
+    from raypipe.sources.builtin import arithmetic_problems
 
     with open(path, "w") as f:
         for i, row in enumerate(arithmetic_problems(rows, seed=11)):

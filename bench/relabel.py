@@ -61,7 +61,7 @@ def reason(old_correct: bool, text: str, finish: str, reference: str) -> str:
 
 
 def compare(build: str, show: int = 0) -> None:
-    from raypipe.reader import load_rollouts, load_split
+    from raypipe.output import load_rollouts, load_split
 
     old = old_labeler()
     changed, counts, total = Counter(), Counter(), 0

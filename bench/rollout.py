@@ -37,8 +37,9 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from raypipe.config import apply_overrides, get_preset
-    from raypipe.data import arithmetic_problems, to_prompt_rows
+    from raypipe.data import to_prompt_rows
     from raypipe.embedded import embedded_checkpoint
+    from raypipe.sources.builtin import arithmetic_problems
 
     path = str(embedded_checkpoint())
     overrides = {"max_tokens": args.max_tokens, "entropy_top_k": args.entropy_top_k}

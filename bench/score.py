@@ -6,7 +6,7 @@ build's features whole, at N and 2N rows.
 Writes synthetic builds (the real shard writer; SmolLM2-135M's hidden size, every layer x 8 positions: 553 KB of
 features a row), sweeps one small build in-process to get a saved probe of the same shape, then, each in its own
 process (peak RSS measured by the kernel when it ends): `raypipe score --executor local` on the big builds, and the
-baseline, `raypipe.reader.load_split` of every split (what scoring without a slice reader would hold). Prints the
+baseline, `raypipe.output.load_split` of every split (what scoring without a slice reader would hold). Prints the
 seconds and peak MB of each and their ratios; the score's peak should stay flat from N to 2N rows.
 """
 
@@ -68,7 +68,7 @@ def main() -> None:
         score = measured(f"from raypipe.probes.config import ScoreConfig; from raypipe.probes.score import run_score; "
                          f"run_score(ScoreConfig(probe={str(probe)!r}, data_dir={str(build)!r}, "
                          f"out_dir={str(out / f'scored-{rows}')!r}, executor='local', resamples=200))")
-        read_all = measured(f"from raypipe.reader import load_split; "
+        read_all = measured(f"from raypipe.output import load_split; "
                             f"[load_split({str(build)!r}, s)['features'].sum() for s in ('train', 'test')]")
         print(f"| {rows} | {size_gb:.2f} GB | {score[0]:.1f} | {score[1]:.0f} | {read_all[0]:.1f} | "
               f"{read_all[1]:.0f} | {score[0] / read_all[0]:.2f} | {score[1] / read_all[1]:.2f} |")

@@ -34,9 +34,10 @@ def _(mo):
 @app.cell
 def _(data_dir, mo):
     from raypipe import explorer
-    from raypipe.store import read_manifest
+    from raypipe.fs import Location
+    from raypipe.output import read_manifest
 
-    manifest = read_manifest(data_dir)
+    manifest = read_manifest(Location(data_dir))
     mo.md(f"# raypipe build `{data_dir}`\n\n" + explorer.describe(manifest))
     return explorer, manifest
 
@@ -50,7 +51,7 @@ def _(data_dir, explorer, manifest, mo, score_dir):
 
 @app.cell
 def _(manifest, mo, table):
-    filterable = [name for name in manifest["labels"] if name in table]
+    filterable = [name for name in manifest.labels if name in table]
     label_filter = mo.ui.dropdown(options=["(every row)", *filterable], value="(every row)", label="rows where")
     value_filter = mo.ui.text(value="1", label="equals")
     mo.vstack([mo.md("## Rollouts"), mo.hstack([label_filter, value_filter], justify="start")])
@@ -145,13 +146,12 @@ def _(eval_dir, explorer, mo, probe_dir, score_dir, sweep_dir):
 
 @app.cell
 def _(manifest, mo):
-    trainable = [n for n, d in manifest["labels"].items()
-                 if not (d.get("derived_from") and d["params"].get("threshold") is None)]
+    trainable = [name for name, label in manifest.labels.items() if label.has_values]
     probe_label = mo.ui.dropdown(options=trainable, value=trainable[0], label="label")
-    probe_layer = mo.ui.dropdown(options=[str(x) for x in manifest["features"]["layers"]],
-                                 value=str(manifest["features"]["layers"][-1]), label="layer")
-    probe_position = mo.ui.dropdown(options=[str(x) for x in manifest["features"]["positions"]],
-                                    value=str(manifest["features"]["positions"][-1]), label="position")
+    probe_layer = mo.ui.dropdown(options=[str(x) for x in manifest.features.layers],
+                                 value=str(manifest.features.layers[-1]), label="layer")
+    probe_position = mo.ui.dropdown(options=[str(x) for x in manifest.features.positions],
+                                    value=str(manifest.features.positions[-1]), label="position")
     mo.vstack([mo.md("## A probe, fitted live"), mo.hstack([probe_label, probe_layer, probe_position],
                                                               justify="start")])
     return probe_label, probe_layer, probe_position

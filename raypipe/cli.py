@@ -68,15 +68,17 @@ def status(out_dir: str = typer.Argument(..., help="A build's output folder."),
            config: bool = typer.Option(False, "--config", help="Print the build's resolved config as YAML instead: "
                                        "`raypipe build --config FILE` reruns or resumes the build with it.")) -> None:
     """Shards complete, failed and pending in a build's output folder (or, with --config, its config)."""
-    from raypipe.manifest import summarize
-    from raypipe.store import read_manifest
+    from raypipe.config import BuildConfig, recorded_config
+    from raypipe.fs import Location
+    from raypipe.output import read_manifest
 
+    manifest = read_manifest(Location(out_dir))
     if config:
         header = f"the config of the build in {out_dir}, from its manifest\nrerun or resume it: raypipe build --config FILE"
-        config_dict = read_manifest(out_dir)["config"]
-        typer.echo(to_yaml("build", from_dict("build", config_dict, f"{out_dir}/manifest.json"), header), nl=False)
+        recorded = recorded_config(BuildConfig, manifest.config or {})
+        typer.echo(to_yaml("build", from_dict("build", recorded, f"{out_dir}/manifest.json"), header), nl=False)
         return
-    for split, counts in summarize(out_dir).items():
+    for split, counts in manifest.status_counts().items():
         typer.echo(f"{split}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
 
 
@@ -200,9 +202,10 @@ def explore(
     from pathlib import Path
 
     import raypipe
-    from raypipe.store import read_manifest
+    from raypipe.fs import Location
+    from raypipe.output import read_manifest
 
-    read_manifest(data_dir)
+    read_manifest(Location(data_dir))
     notebook = Path(raypipe.__file__).resolve().parents[1] / "notebooks" / "explorer.py"
     if not notebook.is_file():
         raise UserError(f"the explorer notebook is not at {notebook}: install raypipe from a checkout (pip install "

@@ -4,26 +4,33 @@
     raypipe finetune --from-template 2d_0proxy runs/np        # copy a template, then run it
     raypipe experiments list | new TEMPLATE EXP_DIR | validate EXP_DIR... | data EXP_DIR | summary EXP_DIR...
     raypipe experiments analyze RESULTS_DIR [--layers 0,10,-1] [--pairs 8]
+
+The options of `finetune` and `experiments analyze` (and their arguments) are derived from their config dataclasses
+in raypipe/finetune/config.py, with `--config FILE` and `--print-config`, as the build's are (raypipe/options.py).
+The other `experiments` commands take a folder or two and a flag; they are written by hand.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
 from raypipe.errors import UserError, user_errors
-from raypipe.tasks.experiment import ExperimentConfig
+from raypipe.finetune.config import AnalyzeConfig, FinetuneCommandConfig
+from raypipe.options import with_options
+from raypipe.selection import parse_layers
+from raypipe.tasks.experiment import CONFIG
 
 
-def _seeds_and_folders(exp_dirs: list[str], seeds: Optional[list[str]]) -> tuple[list[str], list[int] | None]:
+def _seeds_and_folders(exp_dirs: list[str], seeds: Optional[list]) -> tuple[list[str], list[int] | None]:
     """`--seeds 42 123 456`: click gives --seeds one value and the rest as arguments; whole numbers that are not
     folders join the seeds (42,123 works too, as does repeating --seeds)."""
     if not seeds:
         return exp_dirs, None
-    values = [v for s in seeds for v in s.split(",") if v.strip()]
+    values = [v for s in seeds for v in str(s).split(",") if v.strip()]
     folders = []
     for item in exp_dirs:
         if item.strip().isdigit() and not os.path.isdir(item):
@@ -36,35 +43,24 @@ def _seeds_and_folders(exp_dirs: list[str], seeds: Optional[list[str]]) -> tuple
         raise UserError(f"--seeds takes whole numbers, got {' '.join(values)}") from None
 
 
-@user_errors
-def finetune(
-    exp_dirs: list[str] = typer.Argument(None, help="Experiment folders (config.json + data_config.json)."),
-    seeds: Optional[list[str]] = typer.Option(None, "--seeds", help="Seeds to run: --seeds 42 123 456 (default: "
-                                              f"the config's seed, {ExperimentConfig.seed})."),
-    from_template: Optional[str] = typer.Option(None, "--from-template", help="Copy this template into the (new) "
-                                                "experiment folder first; see `raypipe experiments list`."),
-    rerun: bool = typer.Option(False, "--rerun", help="Start complete or interrupted seeds afresh (new results "
-                                                      "folder) instead of skipping / resuming them."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, "
-                                                                  "else a local Ray)."),
-    gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="Train on GPUs (default: config's use_gpu, "
-                                                                    "else when the cluster has one)."),
-) -> None:
+def _given_seeds(given: dict) -> dict:
+    """The command line's values with click's `--seeds 42 123 456` undone (see `_seeds_and_folders`)."""
+    folders, seeds = _seeds_and_folders(list(given.get(("exp_dirs",)) or []), given.get(("seeds",)))
+    return {**given, ("exp_dirs",): folders, ("seeds",): seeds}
+
+
+def finetune(config: FinetuneCommandConfig) -> None:
     """Finetune every (experiment, seed) on Ray Train, concurrently on Ray Tune; complete seeds are skipped and
     interrupted ones resume. Writes EXP/seed_<s>/results/<time>/ and EXP/summary.json + summary.png."""
     from raypipe.finetune.experiments import new_experiment, run_experiments, summary_line
 
-    folders, seed_list = _seeds_and_folders(list(exp_dirs or []), seeds)
-    if from_template:
-        if len(folders) != 1:
-            raise UserError("--from-template needs exactly one (new) experiment folder")
-        if not os.path.isfile(os.path.join(folders[0], "config.json")):
-            new_experiment(from_template, folders[0])
-            typer.echo(f"raypipe: copied template {from_template} into {folders[0]}")
-    if not folders:
-        raise UserError("give at least one experiment folder (see `raypipe experiments list` for templates)")
+    folders = config.exp_dirs
+    if config.from_template and not os.path.isfile(os.path.join(folders[0], CONFIG)):
+        new_experiment(config.from_template, folders[0])
+        typer.echo(f"raypipe: copied template {config.from_template} into {folders[0]}")
     try:
-        summaries = run_experiments(folders, seed_list, rerun=rerun, address=address, use_gpu=gpu)
+        summaries = run_experiments(folders, config.seeds or None, rerun=config.rerun, address=config.address,
+                                    use_gpu=config.gpu)
     except RuntimeError as exc:  # some seeds failed; the others finished and are summarized
         typer.echo(f"raypipe: {exc}", err=True)
         raise typer.Exit(1)
@@ -146,33 +142,30 @@ def summary_command(exp_dirs: list[str] = typer.Argument(...)) -> None:
         typer.echo(summary_line(folder, summarize(folder)))
 
 
-@experiments_app.command("analyze")
-@user_errors
-def analyze_command(
-    results_dir: str = typer.Argument(..., help="A finetune's results/<time>/ folder (or its seed folder)."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Decoder layers to patch, e.g. '0,10,-1' "
-                                                                "(default: all)."),
-    pairs: int = typer.Option(8, "--pairs", help="Trigger prompts (test rows) patched into their twins."),
-    positions: int = typer.Option(16, "--positions", help="Final positions patched (aligned from the end)."),
-) -> None:
+def analyze_command(config: AnalyzeConfig) -> None:
     """Activation patching (trigger prompt -> no-trigger twin) and trigger ablation on a finished finetune:
     writes RESULTS/analysis/patching.json + patching_heatmap.png + ablation.json (all or none); says what it
     skipped and why."""
     from raypipe.finetune.analysis import analyze_run
 
-    try:
-        layer_list = [int(v) for v in layers.split(",")] if layers else None
-    except ValueError:
-        raise UserError(f"--layers takes comma-separated integers, got {layers!r}") from None
-    out, notes = analyze_run(results_dir, layers=layer_list, n_pairs=pairs, n_positions=positions)
+    out, notes = analyze_run(config.results_dir, layers=parse_layers(config.layers), n_pairs=config.pairs,
+                             n_positions=config.positions)
     for note in notes:
         typer.echo(f"raypipe: {note}")
     typer.echo(f"raypipe: wrote {out}")
 
 
+def _derived(name: str, run: Callable, prepare: Callable[[dict], dict] | None = None) -> Callable:
+    """`run(config)` as the typer command `name`: options from its config dataclass, user mistakes one line."""
+    return user_errors(with_options(name, prepare)(run))
+
+
+experiments_app.command("analyze")(_derived("analyze", analyze_command))
+
+
 def register(app: typer.Typer) -> None:
     """Add `finetune` and the `experiments` group to the main app."""
-    app.command("finetune")(finetune)
+    app.command("finetune")(_derived("finetune", finetune, _given_seeds))
     app.add_typer(experiments_app, name="experiments")
 
 

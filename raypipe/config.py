@@ -16,6 +16,7 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal
 
 from raypipe.errors import UserError
+from raypipe.selection import parse_layers, parse_positions
 
 EMBEDDED_MODEL_ID = "embedded:SmolLM2-135M-Instruct"
 
@@ -31,10 +32,12 @@ def torch_dtype(name: str):
 
 
 def knob(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, flags: tuple[str, ...] = (),
-         key: str | None = None, cli: bool = True) -> Any:
+         key: str | None = None, cli: bool = True, runtime: bool = False) -> Any:
     """A config field declared once: default (or factory), help, and the command-line flags (default: --field-name)
-    and config-file key (default: the field's name) where they differ; cli=False: a file key with no flag."""
-    metadata = {"help": help, "flags": tuple(flags), "key": key, "cli": cli}
+    and config-file key (default: the field's name) where they differ; cli=False: a file key with no flag.
+    runtime=True: the field changes how a build runs (where, how fast), never what it writes, so a resume may change
+    it (resume.py)."""
+    metadata = {"help": help, "flags": tuple(flags), "key": key, "cli": cli, "runtime": runtime}
     return field(default=default, default_factory=factory, metadata=metadata)
 
 
@@ -54,24 +57,27 @@ def choices_of(hint: Any) -> tuple | None:
     return None
 
 
-def check_choices(config: Any) -> None:
-    """Every Literal field of a config holds one of its values: the type is where the choices are declared."""
+def check_choices(config: Any, key_prefix: str | None = None) -> None:
+    """Every Literal field of a config holds one of its values: the type is where the choices are declared. A field
+    is named by its flag, or, in a config only a file gives (an experiment's config.json), by its key after
+    `key_prefix` ('finetune_config.')."""
     hints = typing.get_type_hints(type(config))
     for config_field in dataclasses.fields(config):
         hint, value = hints[config_field.name], getattr(config, config_field.name)
         choices = choices_of(hint)
         if choices and value not in choices and not (value is None and type(None) in typing.get_args(hint)):
-            raise UserError(f"{flag_of(config_field)} must be one of {', '.join(choices)}, got {value!r}")
+            name = flag_of(config_field) if key_prefix is None else key_prefix + config_field.name
+            raise UserError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 @dataclass
 class VllmConfig:
     """The vLLM engine's own knobs (--backend vllm). They change how fast a build runs, never what it writes."""
 
-    tp: int = knob(1, "Tensor-parallel GPUs per engine actor (must divide the model's attention heads).")
-    max_num_seqs: int = knob(256, "Sequences the engine runs at once.")
-    gpu_memory_utilization: float = knob(0.9, "Share of each GPU vLLM may take (placement lowers it when colocated).")
-    enforce_eager: bool = knob(False, "Skip CUDA graph capture.")
+    tp: int = knob(1, "Tensor-parallel GPUs per engine actor (must divide the model's attention heads).", runtime=True)
+    max_num_seqs: int = knob(256, "Sequences the engine runs at once.", runtime=True)
+    gpu_memory_utilization: float = knob(0.9, "Share of each GPU vLLM may take (placement lowers it when colocated).", runtime=True)
+    enforce_eager: bool = knob(False, "Skip CUDA graph capture.", runtime=True)
 
     def __post_init__(self) -> None:
         for name in ("tp", "max_num_seqs"):
@@ -86,8 +92,8 @@ class HfConfig:
     """The transformers engine's own knobs (--backend hf)."""
 
     batch_tokens: int = knob(32768, "K x rows x (prompt + max_tokens) of one generate call.",
-                             flags=("--hf-batch-tokens",))
-    max_sequences: int = knob(64, "Sequences (rows x K) of one generate call.", flags=("--hf-max-sequences",))
+                             flags=("--hf-batch-tokens",), runtime=True)
+    max_sequences: int = knob(64, "Sequences (rows x K) of one generate call.", flags=("--hf-max-sequences",), runtime=True)
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "max_sequences"):
@@ -102,9 +108,9 @@ class ModelConfig:
 
     # A preset is a named ModelConfig; a config file's `preset:` key and --preset choose the one a build starts from.
     name: str = knob(help="Model preset the model's settings start from; see `raypipe presets`.", key="preset",
-                     flags=("--preset", "--model-preset"))
+                     flags=("--preset", "--model-preset"), runtime=True)
     model_id: str = knob(help="Hub id or local checkpoint folder.")
-    dp: int = knob(1, "Engine actors (data-parallel replicas), for any backend.")
+    dp: int = knob(1, "Engine actors (data-parallel replicas), for any backend.", runtime=True)
     dtype: Dtype = knob("bfloat16", "Weights and activations dtype.")
     max_model_len: int = knob(32768, "Context length: prompt + generated tokens.")
     trust_remote_code: bool = knob(False, "Run the model repository's own code (off unless asked for).")
@@ -120,11 +126,11 @@ class ModelConfig:
                                           "before it has none); the presets that think set it.")
     vllm: VllmConfig = field(default_factory=VllmConfig)
     hf: HfConfig = field(default_factory=HfConfig)
-    prefill_actors: int = knob(1, "Transformers actors computing hidden states (cpu and separate placements).")
-    prefill_batch_tokens: int = knob(16384, "Token budget of one length-sorted prefill batch.")
+    prefill_actors: int = knob(1, "Transformers actors computing hidden states (cpu and separate placements).", runtime=True)
+    prefill_batch_tokens: int = knob(16384, "Token budget of one length-sorted prefill batch.", runtime=True)
     shards_in_flight: int = knob(2, "Shards one engine actor holds at once: its engine stays full across shard "
-                                    "boundaries.")
-    description: str = knob("", "What the preset is (shown by `raypipe presets`).", cli=False)
+                                    "boundaries.", runtime=True)
+    description: str = knob("", "What the preset is (shown by `raypipe presets`).", cli=False, runtime=True)
 
     def __post_init__(self) -> None:
         for name in ("dp", "max_model_len", "max_tokens", "loop_n", "loop_k", "prefill_actors",
@@ -262,31 +268,11 @@ class FeatureConfig:
                                                            "any work; a sample's: the build, naming the row).")
 
     def position_specs(self) -> list[int | str]:
-        """The parsed --positions: negative ints, 'eoi', and 'marker:TEXT' entries, in order."""
-        specs: list[int | str] = []
-        for part in self.positions.split(","):
-            part = part.strip()
-            if part == "eoi" or (part.startswith("marker:") and len(part) > len("marker:")):
-                specs.append(part)
-                continue
-            if part.startswith("rollout:"):
-                if len(part) == len("rollout:"):
-                    raise UserError("--positions rollout entries are 'rollout:TEXT' (a marker such as </think>)")
-                specs.append(part)
-                continue
-            if part.startswith("answer:"):
-                offset = part.removeprefix("answer:")
-                if not offset.startswith("-") or not offset[1:].isdigit() or int(offset) == 0:
-                    raise UserError(f"--positions answer entries are 'answer:-N' (N >= 1), got {part!r}")
-                specs.append(part)
-                continue
-            try:
-                value = int(part)
-            except ValueError:
-                raise UserError(f"--positions entries must be negative integers, 'eoi' or 'marker:TEXT', got {part!r}")
-            if value >= 0:
-                raise UserError(f"--positions are counted from the prompt's end and must be negative, got {value}")
-            specs.append(value)
+        """The parsed --positions: negative ints, 'eoi', 'marker:TEXT', 'answer:-N' and 'rollout:TEXT', in order."""
+        specs = parse_positions(self.positions)
+        if specs is None:
+            raise UserError("--positions of a build names the positions it stores ('-1', 'eoi', 'marker:TEXT', ...); "
+                            "'all' selects stored ones in the probe commands")
         check_choices(self)
         if self.eoi_tokens is not None and self.eoi_tokens < 1:
             raise UserError(f"--eoi-tokens must be at least 1, got {self.eoi_tokens}")
@@ -296,23 +282,19 @@ class FeatureConfig:
         """The fixed negative offsets (for builds that use neither eoi nor markers)."""
         return [p for p in self.position_specs() if isinstance(p, int)]
 
-    def layer_list(self, num_layers: int) -> list[int]:
-        """Resolve to non-negative indices into the num_layers + 1 hidden states (embeddings first)."""
-        if self.layers.strip() == "all":
+    def resolve_layers(self, num_layers: int) -> list[int]:
+        """The requested layers as non-negative indices into a model's num_layers + 1 hidden states (embeddings
+        first); 'all' is every decoder layer."""
+        requested = parse_layers(self.layers)
+        if requested is None:
             return list(range(1, num_layers + 1))
-        try:
-            requested = [int(x) for x in self.layers.split(",")]
-        except ValueError:
-            raise UserError(f"--layers must be 'all' or comma-separated integers, got {self.layers!r}")
-        resolved = []
         for layer in requested:
             if not -(num_layers + 1) <= layer <= num_layers:
                 raise UserError(
                     f"layer index {layer} is out of range: the model has {num_layers} layers, so valid indices "
                     f"are {-(num_layers + 1)}..{num_layers} (0 = embeddings, -1 = last layer)"
                 )
-            resolved.append(layer % (num_layers + 1))
-        return resolved
+        return [layer % (num_layers + 1) for layer in requested]
 
 
 SemanticMethod = Literal["auto", "answer", "nli", "embedding", "off"]
@@ -356,19 +338,19 @@ class LabelConfig:
 class BuildConfig:
     """A build: where it writes, the model, its prompt source, features and labels, and how the work is cut."""
 
-    out_dir: str = knob(help="Output folder (manifest.json, train/, test/).")
+    out_dir: str = knob(help="Output folder (manifest.json, train/, test/).", runtime=True)
     model: ModelConfig = knob(help="The model: a preset and the settings that override it.")
     source: SourceConfig = field(default_factory=SourceConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
     shard_size: int = knob(64, "Rows per shard: the unit of work, retry and resume.")
-    max_retries: int = knob(2, "Retries of a shard's failing stage before the shard is marked failed.")
+    max_retries: int = knob(2, "Retries of a shard's failing stage before the shard is marked failed.", runtime=True)
     backend: Literal["vllm", "hf", "none"] = knob("vllm", "Generation backend: vllm, hf (transformers generate), "
                                                           "none (no rollouts).")
     placement: Literal["auto", "colocated", "separate"] = knob("auto", "On GPUs: auto, colocated (prefill on the "
-                                                                       "engines' GPUs), separate (GPUs of its own).")
+                                                                       "engines' GPUs), separate (GPUs of its own).", runtime=True)
     gpu_memory_gb: float | None = knob(None, "Memory of one GPU, for placement (default: asked of a GPU of the "
-                                             "cluster).")
+                                             "cluster).", runtime=True)
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
@@ -411,3 +393,46 @@ def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
         if any(v is not None for v in values.values()):
             replaced[group] = dataclasses.replace(groups[group], **{k: v for k, v in values.items() if v is not None})
     return dataclasses.replace(config, **replaced)
+
+
+def _declared_fields(config_class: type, prefix: str = ""):
+    """(dotted name, field, resolved type) of every field, nested sections walked."""
+    hints = typing.get_type_hints(config_class)
+    for config_field in dataclasses.fields(config_class):
+        hint = hints[config_field.name]
+        if dataclasses.is_dataclass(hint):
+            yield from _declared_fields(hint, f"{prefix}{config_field.name}.")
+        else:
+            yield prefix + config_field.name, config_field, hint
+
+
+def runtime_fields(config_class: type) -> set[str]:
+    """Dotted names of the fields declared runtime=True (knob): a resume may change them."""
+    return {name for name, config_field, _ in _declared_fields(config_class) if config_field.metadata.get("runtime")}
+
+
+def declared_defaults(config_class: type) -> dict[str, Any]:
+    """Dotted field name (as `to_dict()` names it: `model.vllm.tp`) -> the field's declared default, for every field
+    that has one. A config recorded before a field existed lacks its key; compared as this default, a build made
+    then still resumes."""
+    defaults: dict[str, Any] = {}
+    for name, config_field, _ in _declared_fields(config_class):
+        if config_field.default_factory is not MISSING:
+            defaults[name] = config_field.default_factory()
+        elif config_field.default is not MISSING:
+            defaults[name] = config_field.default
+    return defaults
+
+
+def recorded_config(config_class: type, recorded: dict[str, Any]) -> dict[str, Any]:
+    """A config as an earlier release recorded it, read by this one: a null where a field no longer takes None (it
+    was optional then, and left unset: `labels.nli_model` before it had a default) is dropped, so that the declared
+    default stands for it."""
+    not_nullable = {name for name, _, hint in _declared_fields(config_class)
+                    if type(None) not in typing.get_args(hint) and hint is not Any}
+
+    def keep(section: dict[str, Any], prefix: str) -> dict[str, Any]:
+        return {key: keep(value, f"{prefix}{key}.") if isinstance(value, dict) else value
+                for key, value in section.items() if not (value is None and prefix + key in not_nullable)}
+
+    return keep(recorded, "")

@@ -1,9 +1,8 @@
-"""Prompt sources, train/test splits and chat templating: everything before the first model call.
+"""Train/test and named evaluation splits over the loaded sources, rows read from them, and chat templating:
+everything before the first model call that is not loading a source (raypipe.sources does that, per kind).
 
-A source is a hub dataset name (`datasets.load_dataset`), a local .parquet/.jsonl/.csv file or folder of them, or
-the built-in arithmetic generator (`builtin:arithmetic`, the default when no dataset is given). Every row keeps a
-stable integer `row_id`: its index in its source (or the source's own integer id column, `--id-field`), so a rerun
-(or a resume) sees the same ids.
+Every row keeps a stable integer `row_id`: its index in its source (or the source's own integer id column,
+`--id-field`), so a rerun (or a resume) sees the same ids.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import dataclasses
 import random
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from raypipe.config import SourceConfig
@@ -20,9 +18,7 @@ from raypipe.errors import UserError
 from raypipe.labels.references import FieldPath, Reference, check_path, display, read_reference
 from raypipe.positions import row_offsets
 from raypipe.prompt_template import PromptTemplate
-
-BUILTIN_PREFIX = "builtin:"
-LOCAL_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+from raypipe.sources import DEFAULT_SPEC, PREFIXES, kind_of, load_split
 
 
 @dataclass
@@ -34,143 +30,6 @@ class PromptRow:
     columns: dict[str, float] = field(default_factory=dict)  # given label columns, carried into the shards
     offsets: list[int] | None = None  # this row's negative offset per feature position (markers vary by row)
     reference: str | None = None  # what samples are judged against: a Reference as JSON (references.py)
-
-
-# --- the built-in source -------------------------------------------------------------------------------------------
-
-_NAMES = ["Ava", "Ben", "Chloe", "Dev", "Ema", "Finn", "Gia", "Hugo", "Iris", "Jon", "Kai", "Lena", "Milo", "Nora"]
-_THINGS = ["apples", "marbles", "stickers", "books", "coins", "shells", "pencils", "cards", "stamps", "cookies"]
-
-
-def arithmetic_problems(n: int, seed: int = 0) -> list[dict[str, str]]:
-    """Seeded arithmetic word problems with their integer answers, any number of them."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        name, friend = rng.sample(_NAMES, 2)
-        thing = rng.choice(_THINGS)
-        a, b, c = rng.randint(2, 60), rng.randint(2, 40), rng.randint(2, 9)
-        kind = rng.randrange(5)
-        if kind == 0:
-            q, ans = f"{name} has {a} {thing} and buys {b} more. How many {thing} does {name} have now?", a + b
-        elif kind == 1:
-            a = a + b
-            q, ans = f"{name} had {a} {thing} and gave {b} to {friend}. How many {thing} are left?", a - b
-        elif kind == 2:
-            q, ans = f"{name} fills {c} boxes with {b} {thing} each. How many {thing} is that in total?", b * c
-        elif kind == 3:
-            total = b * c
-            q, ans = f"{name} shares {total} {thing} equally among {c} friends. How many does each friend get?", b
-        else:
-            q = (f"{name} has {a} {thing}, {friend} has {b} more than {name}, and they put them together. "
-                 f"How many {thing} do they have?")
-            ans = a + (a + b)
-        rows.append({"prompt": q, "answer": str(ans)})
-    return rows
-
-
-# --- loading -------------------------------------------------------------------------------------------------------
-
-def split_config(spec: str) -> tuple[str, str | None]:
-    """SOURCE#CONFIG -> (SOURCE, CONFIG): a dataset's config (`openai/gsm8k#main`, `mandarjoshi/trivia_qa#rc.nocontext`,
-    `cais/mmlu#all`), what `datasets.load_dataset` takes as its second argument; (SOURCE, None) without one."""
-    source, sep, config = spec.partition("#")
-    if sep and (not source or not config.strip()):
-        raise UserError(f"a source's config follows '#' (openai/gsm8k#main), got {spec!r}")
-    return source, config.strip() if sep else None
-
-
-def load_source(spec: str, split: str, builtin_size: int, seed: int):
-    """Load one split of a dataset spec (SOURCE or SOURCE#CONFIG) as a `datasets.Dataset`; failures become one-line
-    UserErrors.
-
-    A local file is one split whatever the split name. A local folder is read as `datasets` reads it: its splits
-    come from its file names (the hub's `data/train-00000-of-00001.parquet` layout, or `train.jsonl`, ...), or from
-    a `save_to_disk` layout; a split it does not have is an error that lists the ones it has. A folder with configs
-    (its README.md's `configs:`, as a hub dataset with configs is laid out) needs one named, and lists them.
-    """
-    import datasets
-
-    spec, config = split_config(spec)
-    if config is not None and (spec.startswith(("trigger:", BUILTIN_PREFIX)) or Path(spec).expanduser().is_file()):
-        raise UserError(f"{spec} has no configs (a config follows '#' only for a hub dataset or a dataset folder)")
-
-    if spec.startswith("trigger:"):  # the 2-D trigger task's generated rows and their no-trigger twins
-        from raypipe.tasks.source import probe_source_rows
-
-        return datasets.Dataset.from_list(probe_source_rows(spec, split, seed))
-    if spec.startswith(BUILTIN_PREFIX):
-        name = spec[len(BUILTIN_PREFIX):]
-        if name != "arithmetic":
-            raise UserError(f"unknown built-in prompt source {spec!r}; known: builtin:arithmetic")
-        return datasets.Dataset.from_list(arithmetic_problems(builtin_size, seed))
-
-    path = Path(spec).expanduser()
-    if path.is_file():
-        if path.suffix not in LOCAL_FORMATS:
-            raise UserError(f"cannot read {spec}: unsupported file type {path.suffix!r} (use .parquet, .jsonl, .csv)")
-        if path.stat().st_size == 0:  # `datasets` would answer with a bare StopIteration
-            raise UserError(f"dataset {spec} is empty")
-        return _read(spec, lambda: datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=[str(path)],
-                                                         split="train"))
-    if path.is_dir():
-        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            if config is not None:
-                raise UserError(f"{spec} is a saved dataset (save_to_disk), which has no configs")
-            return _saved_split(path, spec, split)
-        _check_config(spec, config, _read(spec, lambda: datasets.get_dataset_config_names(str(path))))
-        splits = _read(spec, lambda: [str(s) for s in
-                                      datasets.load_dataset_builder(str(path), config).config.data_files])
-        _check_split(spec, split, splits)
-        return _read(spec, lambda: datasets.load_dataset(str(path), config, split=split))
-    if spec.startswith((".", "/", "~")) or Path(spec).suffix in LOCAL_FORMATS:
-        raise UserError(f"cannot read {spec}: no such file or folder")
-    try:
-        return datasets.load_dataset(spec, config, split=split)
-    except Exception as exc:  # noqa: BLE001 - hub errors come in many types
-        named = f"{spec!r} config {config!r}" if config else repr(spec)
-        raise UserError(f"cannot load dataset {named} split {split!r}: {_first_line(exc)}") from exc
-
-
-def _check_config(spec: str, config: str | None, configs: list[str]) -> None:
-    """A folder with several configs needs one named (as the hub's load_dataset does); a named one must exist."""
-    declared = [c for c in configs if c != "default"]
-    if config is None and len(declared) > 1:
-        raise UserError(f"{spec} has configs {', '.join(declared)}; name one: {spec}#{declared[0]}")
-    if config is not None and config not in configs:
-        raise UserError(f"{spec} has no config {config!r}; its configs are: {', '.join(configs)}")
-
-
-def _saved_split(path: Path, spec: str, split: str):
-    """One split of a `Dataset.save_to_disk` / `DatasetDict.save_to_disk` folder. A saved Dataset is one split: its
-    own split name, or 'train' when it has none."""
-    import datasets
-
-    saved = _read(spec, lambda: datasets.load_from_disk(str(path)))
-    if isinstance(saved, datasets.DatasetDict):
-        _check_split(spec, split, list(saved))
-        return saved[split]
-    _check_split(spec, split, [str(saved.split or "train")])
-    return saved
-
-
-def _check_split(spec: str, split: str, splits: list[str]) -> None:
-    if split not in splits:
-        raise UserError(f"split {split!r} is not in {spec}; its splits are: {', '.join(splits) or 'none'}")
-
-
-def _read(spec: str, load):
-    try:
-        return load()
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any parse/permission failure is the user's data
-        raise UserError(f"cannot read {spec}: {type(exc).__name__}: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --- splits --------------------------------------------------------------------------------------------------------
@@ -239,7 +98,6 @@ class SplitRows:
 # --- named evaluation splits ----------------------------------------------------------------------------------------
 
 RESERVED_SPLITS = ("train", "test", "cv")  # names the outputs use for something else
-SOURCE_PREFIXES = ("builtin", "trigger", "s3", "gs", "hf", "file", "http", "https")
 
 
 @dataclass(frozen=True)
@@ -262,23 +120,19 @@ def parse_eval_split(text: str) -> EvalSplit:
         raise UserError(f"--eval-split name {name!r} must be a word (letters, digits, _ and -, a letter first) and "
                         f"not one of {', '.join(RESERVED_SPLITS)}")
     head, colon, tail = rest.rpartition(":")
-    if colon and head and tail and "/" not in tail and "\\" not in tail and head not in SOURCE_PREFIXES:
+    if colon and head and tail and "/" not in tail and "\\" not in tail and head not in PREFIXES:
         return EvalSplit(name, head, tail)
     return EvalSplit(name, rest)
 
 
 def eval_splits(config: SourceConfig) -> list[EvalSplit]:
-    """The evaluation splits of a build: those given, then, for a `trigger:` train source, one per generated test
-    file (its in- and out-of-distribution sets, named as the file without `test_`: objects_ID, objects_OOD)."""
+    """The evaluation splits of a build: those given, then those its train source's kind offers (a `trigger:`
+    source: one per generated test file, its in- and out-of-distribution sets) under a name not already given."""
     given = [parse_eval_split(text) for text in config.eval_splits]
-    automatic = []
-    if (config.train_dataset or "").startswith("trigger:"):
-        from raypipe.tasks.source import trigger_test_splits
-
-        taken = {split.name for split in given}
-        automatic = [EvalSplit(file.removeprefix("test_"), config.train_dataset, file)
-                     for file in trigger_test_splits(config.train_dataset, config.seed)
-                     if file.removeprefix("test_") not in taken]
+    train_spec = config.train_dataset or DEFAULT_SPEC
+    taken = {split.name for split in given}
+    automatic = [EvalSplit(name, train_spec, split)
+                 for name, split in kind_of(train_spec).offered_splits(train_spec, config.seed) if name not in taken]
     splits = given + automatic
     seen = set()
     for split in splits:
@@ -291,25 +145,21 @@ def eval_splits(config: SourceConfig) -> list[EvalSplit]:
 def open_sources(config: SourceConfig) -> tuple[dict[str, Source], dict[str, SplitRows]]:
     """Load the sources and decide each split's rows, without reading a single prompt into Python: train and test
     (a separate source, or a seeded share of train), then each evaluation split, all of its own source's rows."""
-    train_spec = config.train_dataset or f"{BUILTIN_PREFIX}arithmetic"
 
-    def seed_of(spec: str, offset: int) -> int:
-        """The built-in source generates other rows for each split (seed + offset); a trigger experiment is one
-        generation, whose splits are picked by name: its seed is the build's for every split."""
-        return config.seed if spec.startswith("trigger:") else config.seed + offset
+    def load(spec: str, split: str, offset: int) -> Source:
+        """The offset-th split (train 0, test 1, evaluation splits 2, ...) with the seed its source's kind gives it."""
+        seed = kind_of(spec).split_seed(config.seed, offset)
+        return _source(load_split(spec, split, config.builtin_size, seed), spec, config)
 
-    sources = {"train": _source(load_source(train_spec, config.train_split, config.builtin_size, config.seed),
-                                train_spec, config)}
+    sources = {"train": load(config.train_dataset or DEFAULT_SPEC, config.train_split, 0)}
     if config.test_dataset is not None:
-        sources["test"] = _source(load_source(config.test_dataset, config.test_split, config.builtin_size,
-                                              seed_of(config.test_dataset, 1)), config.test_dataset, config)
+        sources["test"] = load(config.test_dataset, config.test_split, 1)
         parts = {split: (split, list(range(len(sources[split].table)))) for split in ("train", "test")}
     else:
         train_ids, test_ids = split_ids(len(sources["train"].table), config.test_fraction, config.seed)
         parts = {"train": ("train", train_ids), "test": ("train", test_ids)}
     for offset, split in enumerate(eval_splits(config), start=2):
-        sources[split.name] = _source(load_source(split.spec, split.split, config.builtin_size,
-                                                  seed_of(split.spec, offset)), split.spec, config)
+        sources[split.name] = load(split.spec, split.split, offset)
         parts[split.name] = (split.name, list(range(len(sources[split.name].table))))
     splits = {}
     for split, (key, indices) in parts.items():

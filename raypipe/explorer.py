@@ -11,23 +11,25 @@ from pathlib import Path
 
 import numpy as np
 
+from raypipe.labels.catalog import label_values
+from raypipe.output import Build, BuildRecord
 
-def describe(manifest: dict) -> str:
+
+def describe(manifest: BuildRecord) -> str:
     """The manifest in words (markdown): model, layers, positions, labels and their counts, skipped rows, shards."""
-    config, features = manifest.get("config", {}), manifest["features"]
-    lines = [f"**Model** `{manifest['model']['model_id']}` ({manifest['model'].get('num_layers')} layers, hidden "
-             f"{manifest['model'].get('hidden_size')}), backend `{config.get('backend', 'vllm')}`, "
-             f"{config.get('model', {}).get('num_samples', 1)} sample(s) per prompt.",
-             f"**Features**: layers {features['layers']} x positions {features['positions']}.", "", "**Labels**:", ""]
-    for name, label in manifest["labels"].items():
+    model, features = manifest.model, manifest.features
+    lines = [f"**Model** `{model.model_id}` ({model.num_layers} layers, hidden {manifest.hidden_size}), backend "
+             f"`{manifest.setting('backend', 'vllm')}`, {manifest.setting('model.num_samples', 1)} sample(s) per "
+             "prompt.",
+             f"**Features**: layers {features.layers} x positions {features.positions}.", "", "**Labels**:", ""]
+    for name, label in manifest.labels.items():
         counts = "; ".join(f"{split}: " + ", ".join(f"{k}: {v}" for k, v in c.items())
-                           for split, c in label.get("counts", {}).items() if c)
-        derived = f" (derived from {label['derived_from']})" if label.get("derived_from") else ""
-        lines.append(f"- `{name}` ({label.get('kind', '?')}{derived}){': ' + counts if counts else ''}")
-    skipped = {split: c for split, c in manifest.get("skipped_rows", {}).items() if c}
+                           for split, c in (label.counts or {}).items() if c)
+        derived = f" (derived from {label.derived_from})" if label.derived_from else ""
+        lines.append(f"- `{name}` ({label.kind}{derived}){': ' + counts if counts else ''}")
+    skipped = {split: c for split, c in (manifest.skipped_rows or {}).items() if c}
     lines += ["", f"**Skipped rows**: {skipped or 'none'}."]
-    shards = [(split, name, shard["status"]) for split, data in manifest["splits"].items()
-              for name, shard in data["shards"].items()]
+    shards = [(split, name, shard.status) for split, name, shard in manifest.shards()]
     failed = [f"{split}/{name}" for split, name, status in shards if status == "failed"]
     complete = sum(status == "complete" for _, _, status in shards)
     lines.append(f"**Shards**: {complete} of {len(shards)} complete; failed: {', '.join(failed) or 'none'}.")
@@ -39,19 +41,14 @@ def rows_table(data_dir: str, score_dir: str | None = None):
     a `raypipe score` output folder, its probe's score of each row too (`probe score`, or one per class)."""
     import pandas as pd
 
-    from raypipe.labels.catalog import label_values
-    from raypipe.reader import Build
-
     build = Build(data_dir)
-    manifest = build.manifest
     frames = []
     for split in build.splits():
         tensors = build.tensors(split)
         frame = pd.DataFrame({"row_id": tensors["row_id"].numpy(), "split": split})
-        for name, definition in manifest["labels"].items():
-            if definition.get("derived_from") and definition["params"].get("threshold") is None:
-                continue
-            frame[name] = label_values(manifest["labels"], name, tensors)
+        for name, definition in build.labels.items():
+            if definition.has_values:
+                frame[name] = label_values(build.labels, name, tensors)
         rollouts = build.rollouts(split).to_pandas()
         keep = [c for c in ("row_id", "prompt", "text", "finish_reason") if c in rollouts]
         frames.append(frame.merge(rollouts[keep], on="row_id", how="left"))
@@ -63,14 +60,14 @@ def rows_table(data_dir: str, score_dir: str | None = None):
     return table
 
 
-def label_distributions(manifest: dict, table):
+def label_distributions(manifest: BuildRecord, table):
     """A figure: per label and split, class counts (0/1 labels) or a histogram (continuous ones)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in manifest["labels"] if n in table]
+    names = [n for n in manifest.labels if n in table]
     figure, axes = plt.subplots(1, max(len(names), 1), figsize=(3.2 * max(len(names), 1), 2.8), squeeze=False)
     splits = list(dict.fromkeys(table["split"]))  # train, test, then the evaluation splits, side by side
     width = 0.8 / max(len(splits), 1)
@@ -143,7 +140,6 @@ def live_probe(data_dir: str, label: str, layer: int, position, alpha: float = 1
     evaluation split, now."""
     from raypipe.probes.dataset import load_probe_data
     from raypipe.probes.metrics import score
-    from raypipe.reader import Build
 
     build = Build(data_dir)
     data = load_probe_data(build, label, [layer], [position])

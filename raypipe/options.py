@@ -8,7 +8,9 @@ defaults (for a build's `model:` section, its preset's values), then a `--config
 the command line.
 
 A config file holds one command's keys, or is a workflow file with a section per command (`build:`, `train:`,
-`sweep:`, `evaluate:`); there a probe section without `data_dir` reads the build section's `out_dir`.
+`sweep:`, `evaluate:`, ..., `finetune:`); there a probe section without `data_dir` reads the build section's `out_dir`.
+Files that belong to no command (`FILES`: an experiment's config.json) are read with the same keys, types and
+messages (`from_mapping`).
 
     python -m raypipe.options build        # the build's options as a Markdown table (the docs call options_table)
 
@@ -30,6 +32,7 @@ from typing import Any, Callable, Optional
 
 from raypipe.config import DEFAULT_PRESET, PRESETS, BuildConfig, ModelConfig, choices_of, flag_of, get_preset
 from raypipe.errors import UserError
+from raypipe.finetune.config import AnalyzeConfig, ExperimentConfig, FinetuneCommandConfig
 from raypipe.probes.config import EvaluateConfig, ScoreConfig, SweepConfig, TrainConfig
 
 NoneType = type(None)
@@ -39,6 +42,9 @@ NoneType = type(None)
 class Command:
     config: type  # the command's config dataclass
     exclude: tuple[str, ...] = ()  # fields of the dataclass this command does not use
+    # Top-level fields (knob cli=False) given as the command's positional arguments, or by the config file.
+    arguments: tuple[str, ...] = ()
+    title: str = ""  # the command line, where it is not `raypipe NAME`; a file's name in FILES
 
 
 COMMANDS = {
@@ -48,7 +54,20 @@ COMMANDS = {
     "sweep": Command(SweepConfig, exclude=("wandb_project",)),
     "evaluate": Command(EvaluateConfig),
     "score": Command(ScoreConfig),
+    "finetune": Command(FinetuneCommandConfig, arguments=("exp_dirs",)),
+    "analyze": Command(AnalyzeConfig, arguments=("results_dir",), title="raypipe experiments analyze"),
 }
+# Config files of no command, read with the same machinery: their keys, types and messages, and docs tables.
+FILES = {"experiment": Command(ExperimentConfig, title="config.json (an experiment folder's)")}
+
+
+def _spec(name: str) -> Command:
+    return COMMANDS[name] if name in COMMANDS else FILES[name]
+
+
+def title(name: str) -> str:
+    """What messages and headings call a command ('raypipe experiments analyze') or a file."""
+    return _spec(name).title or f"raypipe {name}"
 
 
 @dataclass(frozen=True)
@@ -126,7 +145,7 @@ def _walk(config_class: type, prefix: tuple[str, ...] = (), names: tuple[str, ..
 @functools.cache
 def options(command: str) -> tuple[Option, ...]:
     """Every option of a command, in declaration order (top-level fields first, then each section's)."""
-    spec = COMMANDS[command]
+    spec = _spec(command)
     found = [o for o in _walk(spec.config) if o.field.name not in spec.exclude or len(o.path) > 1]
     found.sort(key=lambda o: len(o.path) > 1)  # stable: the sections keep their order
     flags = [flag for o in found if o.cli for flag in o.flags]
@@ -151,11 +170,16 @@ def describe_type(hint: Any) -> str:
     args = [a for a in _alternatives(hint) if a is not NoneType]
     if choices:
         text = "one of " + ", ".join(str(c) for c in choices)
-    elif typing.get_origin(hint) is list:
-        text = "list of " + typing.get_args(hint)[0].__name__
     else:
-        text = " or ".join(a.__name__ for a in args)
+        text = " or ".join(f"list of {typing.get_args(a)[0].__name__}" if typing.get_origin(a) in (list, tuple)
+                           else a.__name__ for a in args)
     return text + (" (or null)" if NoneType in _alternatives(hint) else "")
+
+
+def _whole(value: Any) -> bool:
+    """A whole number, or its text ('42'): what a list of int takes from a flag or a file."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value) is not None)
 
 
 def coerce(value: Any, hint: Any, key: str) -> Any:
@@ -184,10 +208,14 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         if kind is str and isinstance(value, int) and not isinstance(value, bool):
             return str(value)
-        if typing.get_origin(kind) is list:
-            items = value if isinstance(value, list) else [value]
-            if all(isinstance(item, (str, int, float)) and not isinstance(item, bool) for item in items):
-                return [str(item) for item in items]
+        if typing.get_origin(kind) in (list, tuple):  # list[str], list[int], tuple[str, ...]; a lone value: one item
+            items, make, item_type = (list(value) if isinstance(value, (list, tuple)) else [value],
+                                      typing.get_origin(kind), typing.get_args(kind)[0])
+            if item_type is int and all(_whole(item) for item in items):
+                return make(int(item) for item in items)
+            if item_type is str and all(isinstance(item, (str, int, float)) and not isinstance(item, bool)
+                                        for item in items):
+                return make(str(item) for item in items)
     raise UserError(f"{key} must be {describe_type(hint)}, got {value!r}")
 
 
@@ -203,7 +231,8 @@ def _unknown(path: tuple[str, ...], name: str, command: str, where: str) -> User
         elsewhere = difflib.get_close_matches(name, [p[-1] for p in valid], n=1, cutoff=0.8)
         suggestion = (f"did you mean {'.'.join(next(p for p in valid if p[-1] == elsewhere[0]))!r}?" if elsewhere else
                       f"{'.'.join(path) or 'the top level'} takes: {', '.join(here)}")
-    return UserError(f"{where}: unknown key {'.'.join((*path, name))!r} for `raypipe {command}`; {suggestion}")
+    for_command = f" for `{title(command)}`" if command in COMMANDS else ""
+    return UserError(f"{where}: unknown key {'.'.join((*path, name))!r}{for_command}; {suggestion}")
 
 
 def flatten_file(data: dict, command: str, where: str) -> dict[tuple[str, ...], Any]:
@@ -257,7 +286,8 @@ def read_config_file(path: str, command: str) -> dict[tuple[str, ...], Any]:
         if not isinstance(section, dict):
             raise UserError(f"{path}: `{command}:` is a section (keys below it), got {section!r}")
         build = data.get("build") or {}
-        if command != "build" and "data_dir" not in section and isinstance(build, dict) and "out_dir" in build:
+        reads_a_build = ("data_dir",) in {o.path for o in options(command)}
+        if reads_a_build and "data_dir" not in section and isinstance(build, dict) and "out_dir" in build:
             section = {"data_dir": build["out_dir"], **section}
         data = section
     return flatten_file(data, command, path)
@@ -289,8 +319,22 @@ def construct(config_class: type, values: dict[tuple[str, ...], Any], command: s
         elif base is not None:
             kwargs[config_field.name] = getattr(base, config_field.name)
         elif config_field.default is MISSING and config_field.default_factory is MISSING:
-            raise UserError(f"missing {flag_of(config_field)} (or `{'.'.join(path)}:` in a --config file)")
+            argument = not prefix and config_field.name in _spec(command).arguments
+            name = config_field.name.upper() if argument else flag_of(config_field)
+            raise UserError(f"missing {name} (or `{'.'.join(path)}:` in a --config file)")
     return config_class(**kwargs)
+
+
+def from_mapping(name: str, data: Any, where: str) -> Any:
+    """A config from a file's parsed mapping (FILES: an experiment's config.json), as a config file is read: unknown
+    keys and wrong types refused, then the dataclass's own checks; every message starts with `where`."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: must be a mapping of keys to values (a JSON object), got {type(data).__name__}")
+    values = flatten_file(data, name, where)
+    try:
+        return construct(_spec(name).config, values, name)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
 
 
 def field_defaults(command: str) -> dict[str, Any]:
@@ -360,13 +404,21 @@ def default_text(option: Option) -> str:
 
 
 def options_table(command: str) -> str:
-    """The options of a command as a Markdown table: key, flag(s), type, default, help."""
+    """The options of a command as a Markdown table: key, flag(s), type, default, help (a file's: no flags)."""
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
+    if command in FILES:
+        rows = ["| key | type | default | help |", "|---|---|---|---|"]
+        rows += [f"| `{o.key}` | {cell(describe_type(o.hint))} | `{cell(default_text(o))}` | {cell(o.help)} |"
+                 for o in options(command)]
+        return "\n".join(rows) + "\n"
     rows = ["| key | flag(s) | type | default | help |", "|---|---|---|---|---|"]
     for option in options(command):
-        flags = ", ".join(f"`{f}`" for f in _shown_flags(option)) if option.cli else "(file only)"
+        if option.path[0] in COMMANDS[command].arguments:
+            flags = f"`{option.key.upper()}` (argument)"
+        else:
+            flags = ", ".join(f"`{f}`" for f in _shown_flags(option)) if option.cli else "(file only)"
         rows.append(f"| `{option.key}` | {flags} | {cell(describe_type(option.hint))} | "
                     f"`{cell(default_text(option))}` | {cell(option.help)} |")
     for flag, help_text in COMMON_FLAGS:
@@ -374,8 +426,13 @@ def options_table(command: str) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _is_switch(hint: Any) -> bool:
+    """bool, or bool | None (None: not decided, as --gpu/--no-gpu left out): an --x/--no-x flag."""
+    return {a for a in _alternatives(hint) if a is not NoneType} == {bool}
+
+
 def _shown_flags(option: Option) -> list[str]:
-    if option.hint is bool:
+    if _is_switch(option.hint):
         return [f"{flag}/--no-{flag[2:]}" for flag in option.flags]
     return list(option.flags)
 
@@ -390,7 +447,7 @@ COMMON_FLAGS = (
 # --- typer ---------------------------------------------------------------------------------------------------------
 
 def _cli_annotation(hint: Any) -> Any:
-    if hint is bool:
+    if _is_switch(hint):
         return Optional[bool]
     if typing.get_origin(hint) is list:
         return Optional[list[str]]
@@ -416,18 +473,26 @@ def _panel(option: Option) -> str | None:
     return f"{'.'.join(option.path[:-1])}: {first}"
 
 
-def with_options(command: str) -> Callable[[Callable], Callable]:
-    """Decorator: `run(config, ...)` as a typer command function whose parameters are the command's derived options,
-    `--config` and `--print-config`, and `run`'s own parameters after its first; `run` gets the resolved config."""
-    return functools.partial(typer_command, command)
+def with_options(command: str, prepare: Callable[[dict], dict] | None = None) -> Callable[[Callable], Callable]:
+    """Decorator: `run(config, ...)` as a typer command function whose parameters are the command's derived options
+    and arguments, `--config` and `--print-config`, and `run`'s own parameters after its first; `run` gets the
+    resolved config. `prepare` rewrites the values given on the command line ({key path: value}) before they
+    resolve: for what the command line alone does (click gives `--seeds 42 123` one value, the rest as arguments)."""
+    return functools.partial(typer_command, command, prepare=prepare)
 
 
-def typer_command(command: str, run: Callable) -> Callable:
+def typer_command(command: str, run: Callable, prepare: Callable[[dict], dict] | None = None) -> Callable:
     """See `with_options`."""
     import typer
 
     parameters = [inspect.Parameter("context", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
     for option in options(command):
+        if option.path[0] in COMMANDS[command].arguments:
+            parameters.append(inspect.Parameter(
+                option.param, inspect.Parameter.KEYWORD_ONLY, annotation=_cli_annotation(option.hint),
+                default=typer.Argument(None, help=_cli_help(option), metavar=option.key.upper(),
+                                       show_default=False)))
+            continue
         if not option.cli:
             continue
         choices = choices_of(option.hint)
@@ -456,10 +521,10 @@ def typer_command(command: str, run: Callable) -> Callable:
         # A flag overrides the file only when given: its typer default (shown in --help) is the field's default.
         given = {option.path: kwargs[option.param] for option in options(command) if option.param in kwargs
                  and context.get_parameter_source(option.param).name not in ("DEFAULT", "DEFAULT_MAP")}
-        config = resolve(command, given, config_file)
+        config = resolve(command, prepare(given) if prepare else given, config_file)
         if print_config:
-            typer.echo(to_yaml(command, config, f"raypipe {command} config (resolved); run it with: raypipe "
-                                                f"{command} --config FILE"), nl=False)
+            typer.echo(to_yaml(command, config, f"{title(command)} config (resolved); run it with: "
+                                                f"{title(command)} --config FILE"), nl=False)
             return None
         return run(config, **extra)
 
@@ -470,11 +535,11 @@ def typer_command(command: str, run: Callable) -> Callable:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m raypipe.options [COMMAND ...]`: the option tables of the commands, as Markdown."""
-    for command in (argv if argv is not None else sys.argv[1:]) or list(COMMANDS):
-        if command not in COMMANDS:
-            raise SystemExit(f"unknown command {command!r}; known: {', '.join(COMMANDS)}")
-        print(f"### raypipe {command}\n\n{options_table(command)}")
+    """`python -m raypipe.options [NAME ...]`: the option tables of the commands (and FILES), as Markdown."""
+    for command in (argv if argv is not None else sys.argv[1:]) or [*COMMANDS, *FILES]:
+        if command not in COMMANDS and command not in FILES:
+            raise SystemExit(f"unknown command {command!r}; known: {', '.join([*COMMANDS, *FILES])}")
+        print(f"### {title(command)}\n\n{options_table(command)}")
 
 
 if __name__ == "__main__":

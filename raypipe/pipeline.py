@@ -17,8 +17,11 @@ from typing import Any
 
 from raypipe.config import BuildConfig
 from raypipe.errors import UserError
-from raypipe.manifest import Manifest
+from raypipe.labels.catalog import finish_derived
+from raypipe.output import LABEL_PREFIX, Build, BuildManifest, ShardRecord, shard_name
+from raypipe.output.records import FAILED
 from raypipe.plan import BuildInputs, ShardPlan, plan_shards, prepare
+from raypipe.resume import open_build
 from raypipe.topology import ACTOR_TASK_RETRIES, stage_names, stage_specs
 
 
@@ -32,23 +35,22 @@ def run_build(config: BuildConfig, overwrite: bool = False) -> int:
     """Build (or resume) the probe dataset described by `config`; return the process exit code."""
     inputs = prepare(config)
     plans = plan_shards(inputs.splits, config.shard_size)
-    manifest = Manifest.open(config, inputs, plans, overwrite=overwrite)
+    manifest = open_build(config, inputs, plans, overwrite=overwrite)
     pending = manifest.pending(plans)
     print(f"raypipe: {len(plans)} shards planned, {len(plans) - len(pending)} already complete, "
           f"{len(pending)} to build -> {config.out_dir}", flush=True)
     if pending:
-        for entry in execute(config, inputs, pending, manifest):
-            if entry.get("status") == "failed":
-                manifest.fail(entry)
-                print(f"raypipe: FAILED {entry['split']}/{entry['name']} after {entry['attempts']} attempts: "
-                      f"{entry['error']}", flush=True)
+        for shard in execute(config, inputs, pending, manifest):
+            if shard.status == FAILED:
+                manifest.fail(shard)
+                print(f"raypipe: FAILED {shard.split}/{shard.name} after {shard.attempts} attempts: {shard.error}",
+                      flush=True)
             else:
-                manifest.complete(entry)
+                manifest.complete(shard)
     failed = manifest.failed()
-    written = sum(split.get("rows", 0) for split in manifest.data["splits"].values())
-    if not failed and not written:
+    if not failed and not manifest.record.written_rows():
         manifest.finish()
-        raise UserError(f"every row was skipped, none is left to probe: {manifest.data['skipped_rows']}")
+        raise UserError(f"every row was skipped, none is left to probe: {manifest.record.skipped_rows}")
     if not failed:
         _finish_derived_labels(config, manifest)
     manifest.finish()
@@ -57,7 +59,7 @@ def run_build(config: BuildConfig, overwrite: bool = False) -> int:
               f"(manifest: {manifest.path})", file=sys.stderr, flush=True)
         return 1
     print(f"raypipe: done; manifest at {manifest.path}", flush=True)
-    print(next_steps(config.out_dir, bool(manifest.data["labels"])), flush=True)
+    print(next_steps(config.out_dir, bool(manifest.record.labels)), flush=True)
     return 0
 
 
@@ -75,20 +77,17 @@ def next_steps(out_dir: str, has_labels: bool = True) -> str:
             f"  raypipe explore {out_dir} --sweep {sweep}")
 
 
-def _finish_derived_labels(config: BuildConfig, manifest: Manifest) -> None:
+def _finish_derived_labels(config: BuildConfig, manifest: BuildManifest) -> None:
     """Thresholds of derived labels are chosen on the train split once every shard is complete (never rewriting
     a shard); the manifest records them and the derived labels' counts."""
-    from raypipe.labels.catalog import finish_derived
-    from raypipe.reader import Build
-
-    labels = manifest.data["labels"]
-    if not any(definition.get("derived_from") for definition in labels.values()):
+    labels = manifest.record.labels
+    if not any(definition.derived_from for definition in labels.values()):
         return
-    build = Build(config.out_dir, manifest.data)
-    splits = [split for split, data in manifest.data["splits"].items() if data.get("rows")]
+    build = Build(config.out_dir, manifest.record)
+    splits = [split for split, record in manifest.record.splits.items() if record.rows]
 
     def values_of(split: str, name: str):
-        return build.tensors(split, [f"label.{name}"])[f"label.{name}"].double().numpy()
+        return build.tensors(split, [LABEL_PREFIX + name])[LABEL_PREFIX + name].double().numpy()
 
     finish_derived(labels, values_of, splits)
 
@@ -111,16 +110,16 @@ def plan_placement(config: BuildConfig, inputs: BuildInputs):
     return dataclasses.replace(placement, notes=placement.notes + tuple(notes))
 
 
-def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan], manifest: Manifest | None = None):
+def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan],
+            manifest: BuildManifest | None = None):
     """Stream the pending shards through the stages (topology.stage_specs: the list for this placement) on Ray Data;
-    yield manifest entries as shards are written. A shard whose stage actor died on it more often than Ray's task
+    yield their records (output.ShardRecord) as shards are written. A shard whose stage actor died on it more often than Ray's task
     retries allow never comes back from Ray Data; it is yielded as failed, so that the rest of the build still
     finishes."""
     import ray
 
     from raypipe.cluster import connect
     from raypipe.progress import ProgressPrinter, start_board
-    from raypipe.store import shard_name
 
     connect()
     placement = plan_placement(config, inputs)
@@ -147,12 +146,12 @@ def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan], 
     print(f"raypipe: streaming {len(pending)} shards", flush=True)
     with ProgressPrinter(board, stages):
         for row in ds.iter_rows():
-            entry = json.loads(row["entry"])
-            returned.add((entry["split"], entry["name"]))
-            yield entry
+            shard = ShardRecord.from_json(json.loads(row["entry"]))
+            returned.add((shard.split, shard.name))
+            yield shard
     for plan in pending:
         if (plan.split, plan.name) not in returned:
             tries = ACTOR_TASK_RETRIES + 1
-            yield {"split": plan.split, "name": shard_name(plan.index), "status": "failed", "attempts": tries,
-                   "error": f"lost: the actor running it died on it {tries} times (a fatal error such as running "
-                            "out of device memory; see Ray's logs)"}
+            yield ShardRecord(split=plan.split, name=shard_name(plan.index), status=FAILED, attempts=tries,
+                              error=f"lost: the actor running it died on it {tries} times (a fatal error such as "
+                                    "running out of device memory; see Ray's logs)")

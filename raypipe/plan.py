@@ -17,7 +17,8 @@ from raypipe.config import BuildConfig
 from raypipe.data import Source, SplitRows, open_sources, read_rows, to_prompt_rows
 from raypipe.errors import UserError
 from raypipe.positions import expand_positions, reads_rollout
-from raypipe.store import shard_name
+from raypipe.output.layout import shard_name
+from raypipe.output.records import LabelDefinition
 
 SPLITS = ("train", "test")  # every build has these; evaluation splits come after them, named by the user
 
@@ -31,7 +32,7 @@ class BuildInputs:
     hidden_size: int
     layers: list[int]
     positions: list[int | str]  # negative offsets, 'marker:TEXT' / 'answer:-N' / 'rollout:TEXT', as the manifest records
-    labels: dict[str, dict]  # the labels this build has, with definitions (labels.catalog.plan)
+    labels: dict[str, LabelDefinition]  # the labels this build has, with definitions (labels.catalog.plan)
     sources: dict[str, Source]
     splits: dict[str, SplitRows]
     absent_labels: dict[str, str] = field(default_factory=dict)  # label -> why this build does not have it
@@ -83,7 +84,7 @@ def prepare(config: BuildConfig) -> BuildInputs:
     if config.backend == "vllm" and heads and heads % config.model.vllm.tp:
         raise UserError(f"--tp {config.model.vllm.tp} must divide the model's {heads} attention heads (tensor "
                         f"parallelism splits them); use a tp that does")
-    layers = config.features.layer_list(num_layers)
+    layers = config.features.resolve_layers(num_layers)
     positions = expand_positions(config.features.position_specs(), tokenizer, config.features.eoi_tokens,
                                  config.source.template_args())
     if config.source.chat_template and not getattr(tokenizer, "chat_template", None):

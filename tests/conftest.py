@@ -161,3 +161,11 @@ def pytest_terminal_summary(terminalreporter):
         whole = time.time() - int(os.environ["RAYPIPE_CI_STARTED"])
         terminalreporter.write_line(f"{whole:8.1f} s  the whole test command, set-up included ({whole / 60:.1f} min; "
                                     "budget 45 min)")
+
+
+def manifest_json(out_dir) -> dict:
+    """A build's manifest.json as its JSON (what users and other tools read), checked to be a raypipe build's."""
+    from raypipe.fs import Location
+    from raypipe.output import read_manifest_json
+
+    return read_manifest_json(Location(str(out_dir)))

@@ -6,7 +6,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from raypipe.store import FORMAT, write_manifest, write_shard
+from raypipe import output
+from raypipe.fs import Location
+from raypipe.output import FORMAT
+
+
+def write_shard(out_dir, split: str, index: int, tensors: dict, rollouts: dict) -> dict:
+    """The real shard writer (output.write_shard) on a folder given by its path; its record as the manifest's JSON."""
+    return output.write_shard(Location(str(out_dir)), split, index, tensors, rollouts).to_json()
+
+
+def write_manifest(out_dir, manifest: dict) -> None:
+    """A manifest given as its JSON, written by the real writer through the typed records."""
+    output.write_manifest(Location(str(out_dir)), output.BuildRecord.from_json(manifest))
 
 
 def planted_features(rows: int, layers: int, positions: int, hidden: int, planted: tuple[int, int], seed: int,

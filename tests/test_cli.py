@@ -73,6 +73,8 @@ RAYPIPE = str(Path(sys.executable).parent / "raypipe")
     ([sys.executable, "-m", "raypipe.build"], "--truncate-long-prompts"),
     ([sys.executable, "-m", "raypipe.train"], "--epochs"),
     ([sys.executable, "-m", "raypipe.train", "--sweep"], "--n-folds"),
+    ([RAYPIPE, "finetune"], "--from-template"),
+    ([RAYPIPE, "experiments", "analyze"], "--pairs"),
 ])
 def test_every_documented_command_form_parses_its_help(command, expected):
     """The forms the README documents, as installed: the `raypipe` script and the `python -m` entry points."""

@@ -57,18 +57,41 @@ def test_invalid_model_values_are_refused(field, value):
 
 
 def test_layers_resolve_against_the_model():
-    assert FeatureConfig(layers="all").layer_list(4) == [1, 2, 3, 4]
-    assert FeatureConfig(layers="0,2,-1").layer_list(4) == [0, 2, 4]
-    assert FeatureConfig(layers="-5").layer_list(4) == [0]
+    assert FeatureConfig(layers="all").resolve_layers(4) == [1, 2, 3, 4]
+    assert FeatureConfig(layers="0,2,-1").resolve_layers(4) == [0, 2, 4]
+    assert FeatureConfig(layers="-5").resolve_layers(4) == [0]
 
 
 @pytest.mark.parametrize("layers", ["5", "-6", "a"])
 def test_layer_out_of_range_or_garbage(layers):
     with pytest.raises(UserError):
-        FeatureConfig(layers=layers).layer_list(4)
+        FeatureConfig(layers=layers).resolve_layers(4)
 
 
 def test_positions_must_count_from_the_end():
     assert FeatureConfig(positions="-3,-2,-1").position_list() == [-3, -2, -1]
     with pytest.raises(UserError):
         BuildConfig(out_dir="x", model=get_preset("qwq_32b"), features=FeatureConfig(positions="0"))
+
+
+def test_one_parser_reads_layers_and_positions_for_the_build_the_probes_and_the_analysis():
+    from raypipe.finetune.config import AnalyzeConfig
+    from raypipe.probes.config import SweepConfig
+    from raypipe.selection import parse_layers, parse_positions
+
+    assert parse_layers("0, 10,-1") == [0, 10, -1] and parse_layers("all") is None and parse_layers(None) is None
+    assert parse_positions("-2,eoi,marker:</think>,answer:-2,rollout:</think>") == [
+        -2, "eoi", "marker:</think>", "answer:-2", "rollout:</think>"]
+    sweep = SweepConfig(data_dir="d", out_dir="o", layers="1,-1", positions="-1,rollout:</think>")
+    assert (sweep.cell_layers(), sweep.cell_positions()) == ([1, -1], [-1, "rollout:</think>"])  # as stored
+    assert FeatureConfig(layers="1,-1").resolve_layers(4) == [1, 4]  # resolved against a model
+    for make, message in [(lambda: FeatureConfig(layers="1,x").resolve_layers(4), "--layers must be 'all' or"),
+                          (lambda: SweepConfig(data_dir="d", out_dir="o", layers="1,x"), "--layers must be 'all' or"),
+                          (lambda: AnalyzeConfig(results_dir="r", layers="1,x"), "--layers must be 'all' or"),
+                          (lambda: FeatureConfig(positions="0").position_specs(), "must be negative, got 0"),
+                          (lambda: SweepConfig(data_dir="d", out_dir="o", positions="0"), "must be negative, got 0"),
+                          (lambda: FeatureConfig(positions="marker:").position_specs(), "'marker:TEXT' need"),
+                          (lambda: FeatureConfig(positions="all").position_specs(), "'all' selects stored ones"),
+                          (lambda: SweepConfig(data_dir="d", out_dir="o", positions="eoi"), "stores 'eoi' as offsets")]:
+        with pytest.raises(UserError, match=message):
+            make()

@@ -35,7 +35,7 @@ HUB_COPIES = {"openai/gsm8k": ("gsm8k", {"main": ["train", "test"]}),
 
 def local_copy(spec: str, root: Path) -> str:
     """SOURCE#CONFIG with a hub id replaced by a local copy of the same layout (rows from the format's fixture)."""
-    from raypipe.data import split_config
+    from raypipe.sources import split_config
     from tests.public_datasets import fixture_rows, write_hub_layout
 
     hub_id, config = split_config(spec)

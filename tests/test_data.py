@@ -5,8 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from raypipe.config import SourceConfig
-from raypipe.data import arithmetic_problems, load_splits, split_ids
+from raypipe.data import load_splits, split_ids
 from raypipe.errors import UserError
+from raypipe.sources.builtin import arithmetic_problems
 
 
 def test_split_is_deterministic_disjoint_and_complete():
@@ -181,8 +182,8 @@ def test_string_label_columns_are_class_ids_numbered_alike_in_every_source(tmp_p
 
     sources, _ = open_sources(config)
     planned = plan(ModelConfig("m", "m"), LabelConfig(), ["colour", "n"], False, classes=sources["train"].classes)
-    assert planned["colour"]["kind"] == "categorical" and planned["colour"]["classes"] == classes
-    assert planned["n"]["kind"] == "given" and "classes" not in planned["n"]
+    assert planned["colour"].kind == "categorical" and planned["colour"].classes == classes
+    assert planned["n"].kind == "given" and planned["n"].classes is None
 
 
 def test_a_label_column_of_lists_is_refused_naming_its_type(tmp_path):

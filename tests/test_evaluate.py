@@ -9,7 +9,8 @@ import torch
 
 from raypipe.errors import UserError
 from raypipe.probes.evaluate import EvaluateConfig, run_evaluate
-from raypipe.store import FORMAT, write_manifest, write_shard
+from raypipe.output import FORMAT
+from tests.synthetic import write_manifest, write_shard
 
 POSITIONS = [-1, "answer:-2"]
 
@@ -95,11 +96,11 @@ def test_the_explorer_shows_the_chosen_probe_on_each_split(tmp_path):
     table = split_scores(performance).splitlines()
     assert table[2].startswith("| test | 120 |") and table[3].startswith("| ood | 60 |") and len(table) == 4
     from raypipe.explorer import label_distributions, live_probe, rows_table
-    from raypipe.store import read_manifest
+    from raypipe.output import Build
 
     live = live_probe(str(tmp_path / "data"), "planted", layer=2, position=-1)
     assert live["test_score"] > 0.9 and live["ood_score"] > 0.9  # the planted cell, on both held-out splits
     rows = rows_table(str(tmp_path / "data"))
     assert set(rows["split"]) == {"train", "test", "ood"}
-    figure = label_distributions(read_manifest(str(tmp_path / "data")), rows)
+    figure = label_distributions(Build(str(tmp_path / "data")).manifest, rows)
     assert len(figure.axes[0].patches) == 3 * 2  # a bar per class for each of the three splits

@@ -9,32 +9,39 @@ import math
 import pytest
 
 from raypipe.errors import UserError
-from raypipe.tasks.experiment import ExperimentConfig, FinetuneConfig, load_experiment
+from raypipe.tasks.experiment import ExperimentConfig, FinetuneConfig, load_experiment, read_config
 
 
 # --- config.json -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("data, message", [
-    ({"seeed": 1}, "config.json: unknown field(s) seeed; known:"),
-    ({"accuracy_method": "vibes"}, "config.json: accuracy_method: \"logits\" or \"generation\""),
-    ({"n_evals": 0}, "config.json: n_evals: a whole number >= 1, got 0"),
-    ({"dataset_format": "csv"}, "config.json: dataset_format: only \"jsonl\""),
-    ({"max_dataset_size": -3}, "config.json: max_dataset_size: a whole number >= 1"),
-    ({"is_categorical": "yes"}, "config.json: is_categorical: true or false"),
-    ({"finetune_config": {"epochs": 0}}, "config.json: finetune_config.epochs: a whole number >= 1, got 0"),
-    ({"finetune_config": {"lr": 1}}, "config.json: finetune_config: unknown field(s) lr"),
-    ({"finetune_config": {"learning_rate": -1}}, "finetune_config.learning_rate: must be positive"),
-    ({"finetune_config": {"lora_dropout": 1.5}}, "finetune_config.lora_dropout: must be in [0, 1)"),
-    ({"finetune_config": {"target_modules": []}}, "finetune_config.target_modules: a list of module names"),
-    ({"finetune_config": {"save_checkpoints_to_hub": True}}, "finetune_config.hub_model_id: save_checkpoints_to_hub"),
-    ({"finetune_config": {"dtype": "int8"}}, "finetune_config.dtype: auto, float32"),
-    ({"finetune_config": {"is_peft": "yes"}}, "finetune_config.is_peft: true or false"),
-    ({"finetune_config": {"max_grad_norm": -1}}, "finetune_config.max_grad_norm: must be a number >= 0"),
-    ({"wandb_project": ""}, "config.json: wandb_project: a project name or null"),
+    ({"seeed": 1}, "config.json: unknown key 'seeed'; did you mean 'seed'?"),
+    ({"accuracy_method": "vibes"}, "config.json: accuracy_method must be one of logits, generation, got 'vibes'"),
+    ({"n_evals": 0}, "config.json: n_evals must be at least 1, got 0"),
+    ({"dataset_format": "csv"}, "config.json: dataset_format must be one of jsonl, got 'csv'"),
+    ({"max_dataset_size": -3}, "config.json: max_dataset_size must be at least 1, got -3"),
+    ({"is_categorical": "yes"}, "config.json: is_categorical must be bool, got 'yes'"),
+    ({"seed": 1.5}, "config.json: seed must be int, got 1.5"),
+    ({"finetune_config": {"epochs": 0}}, "config.json: finetune_config.epochs must be at least 1, got 0"),
+    ({"finetune_config": {"lr": 1}}, "config.json: unknown key 'finetune_config.lr'; did you mean"),
+    ({"finetune_config": {"learning_rat": 1}}, "did you mean 'finetune_config.learning_rate'?"),
+    ({"finetune_config": 3}, "config.json: finetune_config is a section (keys below it), got 3"),
+    ({"finetune_config": {"learning_rate": -1}}, "finetune_config.learning_rate must be positive"),
+    ({"finetune_config": {"lora_dropout": 1.5}}, "finetune_config.lora_dropout must be in [0, 1)"),
+    ({"finetune_config": {"target_modules": []}}, "finetune_config.target_modules must be a list of module names"),
+    ({"finetune_config": {"target_modules": "q_proj"}}, "finetune_config.target_modules must be a list of module"),
+    ({"finetune_config": {"save_checkpoints_to_hub": True}},
+     "finetune_config.save_checkpoints_to_hub needs finetune_config.hub_model_id"),
+    ({"finetune_config": {"dtype": "int8"}}, "finetune_config.dtype must be one of auto, float32"),
+    ({"finetune_config": {"is_peft": "yes"}}, "config.json: finetune_config.is_peft must be bool, got 'yes'"),
+    ({"finetune_config": {"max_grad_norm": -1}}, "finetune_config.max_grad_norm must be >= 0"),
+    ({"wandb_project": ""}, "config.json: wandb_project must be a project name or null"),
+    ([1, 2], "config.json: must be a mapping of keys to values (a JSON object), got list"),
 ])
 def test_config_errors_name_the_field(data, message):
+    """config.json is read as a build's config file is: the same unknown-key and type messages (raypipe.options)."""
     with pytest.raises(UserError) as error:
-        ExperimentConfig.from_dict(data)
+        read_config(data)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -53,7 +60,7 @@ def test_config_defaults_comments_and_model_choice(tmp_path):
     assert config.finetune_config.model_for(False) == "embedded:SmolLM2-135M-Instruct"
     assert config.finetune_config.model_for(True) == "org/big"
     assert FinetuneConfig(model="org/m").model_for(True) == "org/m"
-    assert ExperimentConfig.from_dict(config.to_dict()) == config  # seed folders write to_dict()
+    assert read_config(config.to_dict()) == config  # seed folders write to_dict()
     assert json.loads(json.dumps(config.to_dict()))["finetune_config"]["target_modules"] == list(
         config.finetune_config.target_modules)
     # Frozen: what travels to the workers cannot be changed on the way; it pickles as it is.
@@ -236,7 +243,7 @@ def test_seed_folders_are_made_once_with_their_seed(tmp_path):
     assert seeded.folder == str(exp / "seed_11") and seeded.seed == 11
     assert seeded.config.finetune_config.hub_model_id == "me/model-seed11"
     written = json.loads((exp / "seed_11" / "config.json").read_text())
-    assert ExperimentConfig.from_dict(written) == seeded.config
+    assert read_config(written) == seeded.config
     assert prepare_seed(experiment).folder == str(exp / "seed_5")  # the config's seed
     assert prepare_seed(seeded, 11) is seeded  # a seed folder runs in place
     (exp / "seed_11" / "config.json").write_text(json.dumps({**written, "n_evals": 3}))
@@ -364,6 +371,42 @@ def test_seeds_option_takes_several_values(tmp_path):
     assert _seeds_and_folders(["exp", str(tmp_path / "7")], None) == (["exp", str(tmp_path / "7")], None)
     with pytest.raises(UserError, match="--seeds takes whole numbers"):
         _seeds_and_folders(["exp"], ["x"])
+
+
+def test_finetune_and_analyze_options_come_from_their_config_dataclasses(cli, tmp_path):
+    """The flags users had keep working, each into its field (--print-config shows the resolved config); click's
+    `--seeds 42 123 456` is undone; --config reads the same keys; config.json's typo names the key it meant."""
+    import yaml
+
+    exp = str(tmp_path / "exp")
+    (tmp_path / "exp").mkdir()
+    printed = cli("finetune", exp, "--seeds", "42", "123", "456", "--rerun", "--address", "head:6379", "--no-gpu",
+                  "--print-config")
+    assert printed.exit_code == 0, printed.output
+    assert yaml.safe_load(printed.stdout) == {"exp_dirs": [exp], "seeds": [42, 123, 456], "from_template": None,
+                                              "rerun": True, "address": "head:6379", "gpu": False}
+    (tmp_path / "run.yaml").write_text(printed.stdout)
+    again = cli("finetune", "--config", str(tmp_path / "run.yaml"), "--seeds", "1,2", "--gpu", "--print-config")
+    assert again.exit_code == 0, again.output
+    assert yaml.safe_load(again.stdout) == {**yaml.safe_load(printed.stdout), "seeds": [1, 2], "gpu": True}
+    templated = cli("finetune", str(tmp_path / "new"), "--from-template", "2d_0proxy", "--print-config")
+    assert yaml.safe_load(templated.stdout)["from_template"] == "2d_0proxy" and not (tmp_path / "new").exists()
+    two = cli("finetune", "a", "b", "--from-template", "2d_0proxy")
+    assert two.exit_code == 2 and "--from-template needs exactly one (new) experiment folder" in two.output
+    none = cli("finetune", "--seeds", "1")
+    assert none.exit_code == 2 and "missing EXP_DIRS" in none.output
+    analyze = cli("experiments", "analyze", "res", "--layers", "0,10,-1", "--pairs", "8", "--positions", "4",
+                  "--print-config")
+    assert yaml.safe_load(analyze.stdout) == {"results_dir": "res", "layers": "0,10,-1", "pairs": 8, "positions": 4}
+    bad = cli("experiments", "analyze", "res", "--layers", "0,x")
+    assert bad.exit_code == 2 and "--layers must be 'all' or comma-separated integers, got '0,x'" in bad.output
+    assert cli("experiments", "new", "2d_0proxy", exp).exit_code == 0
+    config = json.loads((tmp_path / "exp" / "config.json").read_text())
+    (tmp_path / "exp" / "config.json").write_text(json.dumps({**config, "n_eval": 2}))
+    for args in (("finetune", exp), ("experiments", "validate", exp)):
+        typo = cli(*args)
+        assert typo.exit_code == 2 and typo.output.strip() == (
+            "raypipe: error: config.json: unknown key 'n_eval'; did you mean 'n_evals'?")
 
 
 def test_experiments_commands(cli, tmp_path):

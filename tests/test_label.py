@@ -95,8 +95,11 @@ def test_rows_and_samples_without_a_final_answer_are_counted_per_shard():
     shard = {"token_ids": [[[1], [2]], [[3], [4]]], "text": [["\\boxed{3}", "hmm 3"], ["no idea", "#### 5"]],
              "finish_reason": [["stop", "stop"], ["stop", "length"]], "answer": ["3", "5"],
              "columns": [{}, {}]}
-    planned = {"loop": {"kind": "binary"}, "correct": {"kind": "binary", "params": {"match": "math"}},
-               "success_rate": {"kind": "continuous"}}
+    from raypipe.output import LabelDefinition
+
+    planned = {"loop": LabelDefinition(kind="binary"),
+               "correct": LabelDefinition(kind="binary", params={"match": "math"}),
+               "success_rate": LabelDefinition(kind="continuous")}
     labels = label_shard(shard, planned, loop_n=2, loop_k=3)
     # row 2's "#### 5" was cut off at the token limit: no final answer there either
     assert labels["correct"] == [1.0, 0.0] and labels["success_rate"] == [0.5, 0.0]
@@ -109,35 +112,36 @@ def test_rows_and_samples_without_a_final_answer_are_counted_per_shard():
 import numpy as np  # noqa: E402
 
 from raypipe.config import LabelConfig, apply_overrides, get_preset  # noqa: E402
+from raypipe.output import LabelDefinition  # noqa: E402
 from raypipe.labels import catalog  # noqa: E402
 
 
 def test_semantic_entropy_high_is_planned_as_derived_not_stored():
     model = apply_overrides(get_preset("smollm2_135m"), {"num_samples": 4})
     planned = catalog.plan(model, LabelConfig(), ["difficulty"], has_answers=True)
-    assert planned["semantic_entropy_high"]["derived_from"] == "semantic_entropy"
-    assert planned["semantic_entropy_high"]["params"]["threshold"] is None
+    assert planned["semantic_entropy_high"].derived_from == "semantic_entropy"
+    assert planned["semantic_entropy_high"].params["threshold"] is None
     assert "semantic_entropy_high" not in catalog.stored(planned)
     assert {"loop", "correct", "success_rate", "semantic_entropy", "difficulty"} <= set(catalog.stored(planned))
     given = catalog.plan(model, LabelConfig(se_threshold=0.5), [], has_answers=True)
-    assert given["semantic_entropy_high"]["params"] == {"threshold": 0.5, "chosen_by": "--se-threshold"}
+    assert given["semantic_entropy_high"].params == {"threshold": 0.5, "chosen_by": "--se-threshold"}
     single = catalog.plan(get_preset("smollm2_135m"), LabelConfig(), [], has_answers=False)
     assert "semantic_entropy" not in single and "correct" not in single
 
 
 def test_derived_values_come_from_the_threshold_and_keep_missing_rows_missing():
-    planned = {"semantic_entropy": {"kind": "continuous"},
-               "semantic_entropy_high": {"kind": "binary", "derived_from": "semantic_entropy",
-                                         "params": {"threshold": None}}}
+    planned = {"semantic_entropy": LabelDefinition(kind="continuous"),
+               "semantic_entropy_high": LabelDefinition(kind="binary", derived_from="semantic_entropy",
+                                                        params={"threshold": None})}
     values = {"train": np.array([0.0, 0.1, 1.2, 1.3, np.nan]), "test": np.array([0.05, 1.25])}
     with pytest.raises(Exception, match="no threshold yet"):
         catalog.label_values(planned, "semantic_entropy_high", {"label.semantic_entropy": values["train"]})
     catalog.finish_derived(planned, lambda split, name: values[split], ["train", "test"])
-    threshold = planned["semantic_entropy_high"]["params"]["threshold"]
+    threshold = planned["semantic_entropy_high"].params["threshold"]
     assert 0.1 < threshold < 1.2
     derived = catalog.label_values(planned, "semantic_entropy_high", {"label.semantic_entropy": values["train"]})
     assert derived[:4].tolist() == [0.0, 0.0, 1.0, 1.0] and np.isnan(derived[4])
-    assert planned["semantic_entropy_high"]["counts"] == {"train": {"0": 2, "1": 2}, "test": {"0": 1, "1": 1}}
+    assert planned["semantic_entropy_high"].counts == {"train": {"0": 2, "1": 2}, "test": {"0": 1, "1": 1}}
 
 
 def test_counts_only_for_labels_that_are_zero_or_one():

@@ -110,7 +110,7 @@ def test_status_config_prints_the_manifests_config_so_that_a_build_reruns_it(tmp
     from typer.testing import CliRunner
 
     from raypipe.cli import app
-    from raypipe.store import FORMAT
+    from raypipe.output import FORMAT
 
     config = BuildConfig(out_dir=str(tmp_path / "b"), model=get_preset("smollm2_135m"), backend="hf",
                          features=FeatureConfig(positions="eoi,-1"))
@@ -131,7 +131,8 @@ def test_the_docs_table_lists_every_option_with_flags_type_default_and_help(comm
         row = next(line for line in table.splitlines() if line.startswith(f"| `{option.key}` |"))
         assert (option.flags[0] in row) == option.cli and option.help.split()[0] in row, row
     options.main([command])
-    assert capsys.readouterr().out.startswith(f"### raypipe {command}\n\n| key | flag(s) | type | default | help |")
+    assert capsys.readouterr().out.startswith(
+        f"### {options.title(command)}\n\n| key | flag(s) | type | default | help |")
 
 
 def test_a_new_field_is_an_option_a_key_and_a_table_row_with_nothing_else_to_edit(monkeypatch, tmp_path):
@@ -174,3 +175,22 @@ def test_a_field_added_later_reads_as_its_default_in_an_older_config():
     old = BuildConfig(out_dir="o", model=get_preset("qwq_32b")).to_dict()
     del old["source"]["eval_splits"]
     assert options.from_dict("build", old).to_dict() == BuildConfig(out_dir="o", model=get_preset("qwq_32b")).to_dict()
+
+
+def test_the_finetune_wing_reads_the_same_files_and_its_config_json_has_a_table(tmp_path):
+    """`raypipe finetune` and `experiments analyze` take workflow sections like the probes (no data_dir from the
+    build: they have none); an experiment's config.json (a file of no command) gets a docs table without flags."""
+    path = _file(tmp_path, """
+        build: {out_dir: runs/w}
+        finetune: {exp_dirs: [runs/np], seeds: [1, '2']}
+        analyze: {results_dir: runs/np/seed_1, layers: -1}
+    """)
+    finetune = options.resolve("finetune", {}, path)
+    assert (finetune.exp_dirs, finetune.seeds, finetune.gpu) == (["runs/np"], [1, 2], None)
+    assert options.resolve("analyze", {}, path).layers == "-1"
+    with pytest.raises(UserError, match="unknown key 'sed' for `raypipe finetune`; did you mean 'seeds'?"):
+        options.resolve("finetune", {}, _file(tmp_path, "exp_dirs: [a]\nsed: [1]\n", "f.yaml"))
+    table = options.options_table("experiment")
+    assert table.startswith("| key | type | default | help |\n")
+    assert "| `finetune_config.learning_rate` | float | `0.001` | AdamW's learning rate. |" in table
+    assert "| `exp_dirs` | `EXP_DIRS` (argument) | list of str | `required` |" in options.options_table("finetune")

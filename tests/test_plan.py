@@ -5,8 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from raypipe.config import SourceConfig
-from raypipe.data import arithmetic_problems, open_sources, read_rows, split_ids
+from raypipe.data import open_sources, read_rows, split_ids
 from raypipe.plan import plan_shards
+from raypipe.sources.builtin import arithmetic_problems
 
 
 def _old_planner(questions: list[str], test_fraction: float, seed: int, shard_size: int):

@@ -174,7 +174,7 @@ def test_sweep_cv_scores_equal_a_sklearn_loop_over_the_same_folds(tmp_path):
     write_planted_build(tmp_path / "data", layers=(0, 1, 2), positions=(-1,), planted=(2, 0), rows=(150, 60))
     performance = run_sweep(SweepConfig(executor="local", data_dir=str(tmp_path / "data"),
                                         out_dir=str(tmp_path / "out"), n_folds=3, alpha=2.0, resamples=100))
-    from raypipe.reader import Build
+    from raypipe.output import Build
 
     data = load_probe_data(str(tmp_path / "data"))
     fold = assign_folds(data.train.labels, "classification", 3, 42)
@@ -218,7 +218,7 @@ def test_bad_probe_inputs_name_the_problem(tmp_path, change, message):
 
 def test_probes_read_prompt_lengths_from_the_shards_not_the_sidecars(tmp_path):
     from raypipe.probes.dataset import load_probe_data
-    from raypipe.reader import load_split
+    from raypipe.output import load_split
 
     write_planted_build(tmp_path / "data")
     manifest_path = tmp_path / "data" / "manifest.json"

@@ -10,10 +10,11 @@ import json
 import pytest
 
 from raypipe.config import SourceConfig
-from raypipe.data import load_splits, parse_eval_split, split_config
+from raypipe.data import load_splits, parse_eval_split
 from raypipe.errors import UserError
 from raypipe.labels.matching import chosen_option, is_correct, judge, token_f1
 from raypipe.labels.references import Reference, read_reference
+from raypipe.sources import split_config
 from tests.public_datasets import GSM8K_ROW, MMLU_ROW, SQUAD_ROW, TRIVIAQA_ROW, write_hub_layout
 
 # --- references in every shape --------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def test_on_another_build_the_saved_probe_scores_as_sklearn_does_with_its_weight
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    from raypipe.reader import Build
+    from raypipe.output import Build
 
     root, _ = swept
     probe = load_saved_probe(str(root / "sweep" / "probe.safetensors"))

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from raypipe.errors import UserError
-from raypipe.manifest import config_differences
-from raypipe.store import FORMAT, write_manifest, write_shard
-from raypipe.reader import load_rollouts, load_split
+from raypipe.resume import config_differences
+from raypipe.output import FORMAT
+from tests.synthetic import write_manifest, write_shard
+from raypipe.output import load_rollouts, load_split
 
 
 def _shard(split, index, row_ids, dtype=torch.float32):
@@ -94,21 +95,20 @@ def test_config_differences_ignore_runtime_fields():
 def test_a_build_recorded_before_a_field_existed_still_resumes():
     """A manifest from an earlier release lacks the fields added since (eval_splits): compared as their declared
     defaults, the config matches; a field the user did set still differs."""
-    from raypipe.config import BuildConfig, get_preset
-    from raypipe.options import field_defaults
+    from raypipe.config import BuildConfig, declared_defaults, get_preset
 
     new = BuildConfig(out_dir="x", model=get_preset("smollm2_135m")).to_dict()
     old = {**new, "source": {k: v for k, v in new["source"].items() if k != "eval_splits"}}
     assert config_differences(old, new) == ["source.eval_splits"]  # what an old build met before the fix
-    assert config_differences(old, new, field_defaults("build")) == []
+    assert config_differences(old, new, declared_defaults(BuildConfig)) == []
     changed = {**new, "source": {**new["source"], "eval_splits": ["ood=x.jsonl"]}}
-    assert config_differences(old, changed, field_defaults("build")) == ["source.eval_splits"]
+    assert config_differences(old, changed, declared_defaults(BuildConfig)) == ["source.eval_splits"]
 
 
 @pytest.mark.parametrize("ranged", [False, True], ids=["memory-map", "range-reads"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_block_read_by_slices_equals_the_same_block_of_the_whole_split(out, ranged, dtype):
-    from raypipe.reader import Build
+    from raypipe.output import Build
 
     written = _make_dataset(out, dtype)
     whole = torch.cat([written[0]["features"], written[1]["features"]])
@@ -138,7 +138,7 @@ def test_reading_one_layer_block_holds_that_block_not_the_file(tmp_path):
     del features
     script = (
         "import resource, sys, torch\n"
-        "from raypipe.reader import Build\n"
+        "from raypipe.output import Build\n"
         "build = Build(sys.argv[1])\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "build.verify()\n"
@@ -153,7 +153,7 @@ def test_reading_one_layer_block_holds_that_block_not_the_file(tmp_path):
 
 def test_a_build_given_by_a_relative_path_is_opened_by_its_absolute_one(tmp_path, monkeypatch):
     """The path travels to Ray tasks, which run in their worker's folder: it must not depend on the driver's."""
-    from raypipe.reader import Build
+    from raypipe.output import Build
     from tests.synthetic import write_planted_build
 
     write_planted_build(tmp_path / "data")

@@ -249,7 +249,7 @@ def test_trigger_rows_as_a_build_source_with_their_twins(tmp_path, monkeypatch):
     from raypipe.data import load_splits
     from raypipe.errors import UserError
     from raypipe.finetune.experiments import templates_dir
-    from raypipe.tasks.source import probe_source_rows
+    from raypipe.sources.trigger import probe_source_rows, trigger_test_splits
 
     exp = templates_dir() / "2d_1proxy_ntr1_actions"
     config = json.loads((exp / "config.json").read_text())
@@ -264,20 +264,18 @@ def test_trigger_rows_as_a_build_source_with_their_twins(tmp_path, monkeypatch):
         if not row["is_proxy"]:
             assert twin["label"] == row["label"]
     assert any(r["label"] != t["label"] for r, t in zip(train[::2], train[1::2]) if r["is_proxy"])
-    from raypipe.tasks.source import trigger_test_splits
-
     assert trigger_test_splits(f"trigger:{exp}") == [n for n in generated if n.startswith("test_")] == [
         "test_objects_ID", "test_objects_OOD", "test_actions_ID", "test_actions_OOD"]
     ood = probe_source_rows(f"trigger:{exp}", "test_actions_OOD")
     assert ood and all(r["is_ood"] for r in ood)
     with pytest.raises(UserError, match="split 'dev' is not in .* its splits are: train, test, "):
         probe_source_rows(f"trigger:{exp}", "dev")
-    from raypipe.tasks import source
+    from raypipe.sources import trigger
 
-    source._generate.cache_clear()
+    trigger._generate.cache_clear()
     calls = []
-    real = source.Experiment.splits
-    monkeypatch.setattr(source.Experiment, "splits", lambda self: calls.append(1) or real(self))
+    real = trigger.Experiment.splits
+    monkeypatch.setattr(trigger.Experiment, "splits", lambda self: calls.append(1) or real(self))
     splits, _ = load_splits(SourceConfig(train_dataset=f"trigger:{exp}", test_dataset=f"trigger:{exp}",
                                          test_split="test", label_columns=["quadrant", "trigger_present"]))
     assert len(splits["train"]) == len(train)

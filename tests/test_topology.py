@@ -7,10 +7,11 @@ from types import SimpleNamespace
 import pytest
 
 from raypipe.config import DEFAULT_PRESET, BuildConfig, get_preset
+from raypipe.output import LabelDefinition
 from raypipe.placement import Placement
 from raypipe.topology import ACTOR_TASK_RETRIES, stage_names, stage_specs
 
-INPUTS = SimpleNamespace(layers=[0, 30], positions=[-1, "rollout:</think>"], labels={"loop": {"kind": "binary"}})
+INPUTS = SimpleNamespace(layers=[0, 30], positions=[-1, "rollout:</think>"], labels={"loop": LabelDefinition(kind="binary")})
 BOARD, SOURCES = object(), {"train": object()}
 
 

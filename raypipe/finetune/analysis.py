@@ -6,23 +6,9 @@ a neutral word; accuracy per trigger, ID vs OOD. `analyze_run` writes both besid
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from raypipe.errors import UserError
-
-
-@dataclass(frozen=True)
-class PatchingConfig:
-    """What `analyze_run` patches: decoder layers (None: all), trigger prompts, final positions."""
-
-    layers: list[int] | None = None
-    n_pairs: int = 8
-    n_positions: int = 16
-
-    def __post_init__(self) -> None:
-        if self.n_pairs < 1 or self.n_positions < 1:
-            raise UserError("--pairs and --positions must be at least 1")
 
 
 def load_model(path: str):
@@ -142,7 +128,8 @@ def analyze_run(results_dir: str, *, layers: list[int] | None = None, n_pairs: i
     from raypipe.fs import Location
     from raypipe.tasks.experiment import load_experiment
 
-    PatchingConfig(layers, n_pairs, n_positions)
+    if n_pairs < 1 or n_positions < 1:  # the command's AnalyzeConfig says so first; this is for Python callers
+        raise UserError("--pairs and --positions must be at least 1")
     results_dir = finished_results(results_dir)
     experiment = load_experiment(os.path.dirname(os.path.dirname(results_dir)))
     config, spec = experiment.config, experiment.spec

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from raypipe.errors import UserError
 from raypipe.labels.loop import has_ngram_loop
+from raypipe.output.records import LabelDefinition
 
 DEFINITIONS = {
     "loop": "1 if some n-gram of the first sample's generated token ids occurs at least k times (has_ngram_loop), "
@@ -55,17 +57,17 @@ def semantic_method(config, has_answers: bool) -> str | None:
     return config.semantic_method
 
 
-def given_label(column: str, classes: list[str] | None = None) -> dict:
+def given_label(column: str, classes: list[str] | None = None) -> LabelDefinition:
     """A source column's label definition; a categorical one is stored as class ids and names its classes."""
     if classes is None:
-        return {"kind": "given", "definition": f"the source's column {column!r}, as given", "counts": {}}
-    return {"kind": "categorical", "definition": f"the source's column {column!r} as a class id: the index of its "
-            "value in `classes`", "classes": list(classes), "counts": {}}
+        return LabelDefinition(kind="given", definition=f"the source's column {column!r}, as given", counts={})
+    return LabelDefinition(kind="categorical", definition=f"the source's column {column!r} as a class id: the index "
+                           "of its value in `classes`", classes=list(classes), counts={})
 
 
 def plan(model, config, columns: Sequence[str], has_answers: bool, answer_match: str = "math",
          rollouts: bool = True, classes: dict[str, list[str]] | None = None,
-         multiple_choice: bool = False) -> dict[str, dict]:
+         multiple_choice: bool = False) -> dict[str, LabelDefinition]:
     """The labels a build will have, with their definitions, as the manifest records them. `answer_match` is the
     resolved --answer-match (math or exact); `classes`: the categorical columns' class names. Without rollouts
     (--backend none) only the given columns are labels."""
@@ -82,22 +84,23 @@ def plan(model, config, columns: Sequence[str], has_answers: bool, answer_match:
         names += ["semantic_entropy", "semantic_entropy_high"]
     if model.entropy_top_k > 0:
         names += list(ROLLOUT_BASELINES)
-    labels = {name: {"kind": KINDS.get(name, "continuous"), "definition": DEFINITIONS[name], "counts": {}}
+    labels = {name: LabelDefinition(kind=KINDS.get(name, "continuous"), definition=DEFINITIONS[name], counts={})
               for name in names}
-    labels["loop"]["params"] = {"n": model.loop_n, "k": model.loop_k}
+    labels["loop"].params = {"n": model.loop_n, "k": model.loop_k}
     if has_answers:
         for name in ("correct", "success_rate"):
-            labels[name]["params"] = {"match": answer_match, "f1_threshold": config.f1_threshold,
+            labels[name].params = {"match": answer_match, "f1_threshold": config.f1_threshold,
                                       "answer_after": model.answer_after, "multiple_choice": multiple_choice}
     if method:
-        labels["semantic_entropy"]["params"] = {"method": method, "nli_model": config.nli_model,
+        labels["semantic_entropy"].params = {"method": method, "nli_model": config.nli_model,
                                                 "embedding_model": config.embedding_model,
                                                 "similarity_threshold": config.similarity_threshold}
         given = config.se_threshold is not None
-        labels["semantic_entropy_high"].update(derived_from="semantic_entropy", params={
+        labels["semantic_entropy_high"].derived_from = "semantic_entropy"
+        labels["semantic_entropy_high"].params = {
             "threshold": config.se_threshold,
             "chosen_by": "--se-threshold" if given else "best split of the train split's semantic_entropy, chosen "
-                                                        "once every shard is complete"})
+                                                        "once every shard is complete"}
     for column in columns:  # a source column wins over a computed label of the same name
         labels[column] = given_label(column, classes.get(column))
     return labels
@@ -106,16 +109,16 @@ def plan(model, config, columns: Sequence[str], has_answers: bool, answer_match:
 def absent_without_rollouts(model, config, columns: Sequence[str], has_answers: bool) -> dict[str, str]:
     """The rollout labels a build without rollouts does not have, each with the reason (the manifest says so)."""
     planned = plan(model, config, columns, has_answers)
-    return {name: "no rollouts (--backend none)" for name, d in planned.items() if d["kind"] not in GIVEN_KINDS}
+    return {name: "no rollouts (--backend none)" for name, d in planned.items() if d.kind not in GIVEN_KINDS}
 
 
-def uses_rollouts(planned: dict[str, dict]) -> bool:
-    return any(definition["kind"] not in GIVEN_KINDS for definition in planned.values())
+def uses_rollouts(planned: dict[str, LabelDefinition]) -> bool:
+    return any(definition.kind not in GIVEN_KINDS for definition in planned.values())
 
 
-def stored(planned: dict[str, dict]) -> list[str]:
+def stored(planned: dict[str, LabelDefinition]) -> list[str]:
     """Names of the labels that shards hold as tensors (derived labels are computed when read)."""
-    return [name for name, definition in planned.items() if not definition.get("derived_from")]
+    return [name for name, definition in planned.items() if not definition.derived_from]
 
 
 # --- one shard ------------------------------------------------------------------------------------------------------
@@ -169,7 +172,7 @@ def label_shard(shard: dict[str, Any], planned: dict[str, dict], *, loop_n: int,
         return {name: [columns[name] for columns in shard["columns"]] for name in stored(planned)}
     from raypipe.labels.references import Reference
 
-    params = planned.get("correct", {}).get("params", {})
+    params = (planned["correct"].params if "correct" in planned else None) or {}
     references = [Reference.from_json(text) for text in shard["reference"]] if "reference" in shard \
         else shard["answer"]
     rows = [row_labels(samples, texts, finish, reference, loop_n=loop_n, loop_k=loop_k, cluster=cluster,
@@ -186,7 +189,7 @@ def label_shard(shard: dict[str, Any], planned: dict[str, dict], *, loop_n: int,
     }
     labels: dict[str, list] = {}
     for name in stored(planned):
-        if planned[name]["kind"] in GIVEN_KINDS:
+        if planned[name].kind in GIVEN_KINDS:
             labels[name] = [columns[name] for columns in shard["columns"]]
         elif name in ROLLOUT_BASELINES:
             labels[name] = list(shard[name])
@@ -212,39 +215,37 @@ def counts(labels: dict[str, Sequence[float]]) -> dict[str, dict[str, int]]:
 
 # --- derived labels -------------------------------------------------------------------------------------------------
 
-def label_values(planned: dict[str, dict], name: str, tensors: dict[str, Any]) -> np.ndarray:
+def label_values(planned: dict[str, LabelDefinition], name: str, tensors: dict[str, Any]) -> np.ndarray:
     """A label's values (float64, NaN where a row has none) from a split's tensors or arrays, stored or derived."""
     definition = planned[name]
-    source = definition.get("derived_from")
+    source = definition.derived_from
     if not source:
         return np.asarray(tensors[f"label.{name}"], dtype=np.float64)
-    threshold = definition["params"]["threshold"]
+    threshold = definition.params["threshold"]
     if threshold is None:
-        from raypipe.errors import UserError
-
         raise UserError(f"label {name!r} has no threshold yet: it is chosen once every shard of the build is complete")
     values = np.asarray(tensors[f"label.{source}"], dtype=np.float64)
     return np.where(np.isnan(values), np.nan, (values > threshold).astype(np.float64))
 
 
-def finish_derived(planned: dict[str, dict], values_of: Callable[[str, str], np.ndarray],
+def finish_derived(planned: dict[str, LabelDefinition], values_of: Callable[[str, str], np.ndarray],
                    splits: Sequence[str]) -> None:
     """Once every shard is complete: choose the thresholds not given (best split of the train values) and count the
     derived labels per split. `values_of(split, name)` reads a stored label of a split."""
     from raypipe.labels.semantic import best_split_threshold
 
     for name, definition in planned.items():
-        source = definition.get("derived_from")
+        source = definition.derived_from
         if not source:
             continue
-        params = definition["params"]
+        params = definition.params
         if params["threshold"] is None:
             train = [v for v in values_of("train", source).tolist() if not math.isnan(v)]
             if not train:
                 continue
             params["threshold"] = best_split_threshold(train)
-        definition["counts"] = {}
+        definition.counts = {}
         for split in splits:
             derived = label_values(planned, name, {f"label.{source}": values_of(split, source)})
-            definition["counts"][split] = counts({name: derived}).get(name, {})
+            definition.counts[split] = counts({name: derived}).get(name, {})
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from raypipe.errors import UserError
+from raypipe.output import Build
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,6 @@ def run_block(work: Callable, shared: Any, block: Block, device: str) -> dict:
 
 
 def _verify(data_dir: str, files: list[tuple[str, str]]) -> None:
-    from raypipe.reader import Build
-
     build = Build(data_dir)
     for relative, expected in files:
         build.verify_file(relative, expected)

@@ -17,26 +17,11 @@ from typing import Literal
 
 from raypipe.config import check_choices, knob
 from raypipe.errors import UserError
+from raypipe.selection import parse_layers, parse_positions
 
 TaskTypeOption = Literal["auto", "classification", "regression"]
 DeviceOption = Literal["auto", "cpu", "cuda"]
 ExecutorOption = Literal["ray", "local"]
-
-
-def _int_list(text: str | None, option: str, allow_markers: bool = False) -> list | None:
-    """'-1' or '0,15,-1' as integers (and 'marker:TEXT' entries where allowed); None or 'all' keeps all stored."""
-    if text is None or text.strip() == "all":
-        return None
-    values: list = []
-    for part in text.split(","):
-        if allow_markers and part.strip().startswith(("marker:", "answer:")):
-            values.append(part.strip())
-            continue
-        try:
-            values.append(int(part))
-        except ValueError:
-            raise UserError(f"{option} must be 'all' or comma-separated integers, got {text!r}")
-    return values
 
 
 @dataclass
@@ -86,13 +71,15 @@ class CellsConfig:
             raise UserError(f"--alpha must be positive, got {self.alpha}")
         if self.block_layers < 1:
             raise UserError(f"--block-layers must be at least 1, got {self.block_layers}")
-        self.layer_list(), self.position_list()
+        self.cell_layers(), self.cell_positions()
 
-    def layer_list(self) -> list[int] | None:
-        return _int_list(self.layers, "--layers")
+    def cell_layers(self) -> list[int] | None:
+        """The stored hidden-state layers to fit, as given (None: every stored one); the build resolves them."""
+        return parse_layers(self.layers)
 
-    def position_list(self) -> list | None:
-        return _int_list(self.positions, "--positions", allow_markers=True)
+    def cell_positions(self) -> list[int | str] | None:
+        """The stored positions to fit, as given (None: every stored one)."""
+        return parse_positions(self.positions, eoi=False)
 
 
 @dataclass

@@ -20,8 +20,7 @@ from raypipe.errors import UserError
 from raypipe.labels.catalog import label_values
 from raypipe.probes.config import TaskTypeOption
 from raypipe.probes.metrics import TaskType
-from raypipe.reader import Build
-from raypipe.store import LABEL_PREFIX
+from raypipe.output import LABEL_PREFIX, Build, BuildRecord
 
 
 @dataclass
@@ -62,16 +61,16 @@ class ProbeData:
         return block if keep.all() else block[keep]
 
 
-def label_names(manifest: dict) -> list[str]:
-    return sorted(manifest.get("labels", {}))
+def label_names(manifest: BuildRecord) -> list[str]:
+    return sorted(manifest.labels)
 
 
-def resolve_layers(manifest: dict, requested: list[int] | None) -> list[int]:
+def resolve_layers(manifest: BuildRecord, requested: list[int] | None) -> list[int]:
     """Indices into the stored layer axis for requested hidden-state indices (negative counts from the end)."""
-    stored = manifest["features"]["layers"]
+    stored = manifest.features.layers
     if requested is None:
         return list(range(len(stored)))
-    total = manifest["model"]["num_layers"] + 1  # hidden states: embeddings + one per decoder layer
+    total = manifest.model.num_layers + 1  # hidden states: embeddings + one per decoder layer
     indices = []
     for layer in requested:
         absolute = layer % total if -total <= layer < total else None
@@ -82,8 +81,8 @@ def resolve_layers(manifest: dict, requested: list[int] | None) -> list[int]:
     return indices
 
 
-def resolve_positions(manifest: dict, requested: list | None) -> list[int]:
-    stored = manifest["features"]["positions"]
+def resolve_positions(manifest: BuildRecord, requested: list | None) -> list[int]:
+    stored = manifest.features.positions
     if requested is None:
         return list(range(len(stored)))
     indices = []
@@ -135,14 +134,14 @@ def prompt_lengths(build: Build, split: str, tensors: dict) -> np.ndarray:
 
 def split_labels(build: Build, split: str, names: list[str]) -> tuple[dict[str, np.ndarray], dict]:
     """Each named label's values (float64, NaN where a row has none) and the split's small tensors."""
-    definitions = build.manifest["labels"]
+    definitions = build.labels
     needed = {"row_id", "prompt_length"}
     for name in names:
-        source = definitions[name].get("derived_from") or name
+        source = definitions[name].derived_from or name
         needed.add(LABEL_PREFIX + source)
     tensors = build.tensors(split, sorted(needed))
     for name in names:
-        source = definitions[name].get("derived_from") or name
+        source = definitions[name].derived_from or name
         if LABEL_PREFIX + source not in tensors:
             raise UserError(f"label {name!r} is in the manifest of {build.out_dir} but not in its {split} shards")
     return {name: label_values(definitions, name, tensors) for name in names}, tensors
@@ -173,11 +172,11 @@ def load_probe_data(data_dir: str | Build, label: str | None = None, layers: lis
     if "train" not in splits or len(splits["train"].labels) == 0:
         raise UserError(f"{build.out_dir} has no labelled train rows for {label!r}")
 
-    definition = manifest["labels"][label]
-    task = infer_task(splits["train"].labels, task_type, categorical=definition.get("kind") == "categorical")
+    definition = manifest.labels[label]
+    task = infer_task(splits["train"].labels, task_type, categorical=definition.kind == "categorical")
     class_names = None
     if task == "multiclass":
-        class_names = class_ids(splits, definition.get("classes"))
+        class_names = class_ids(splits, definition.classes)
         missing = sorted(set(range(len(class_names))) - set(splits["train"].labels.astype(int).tolist()))
         if missing:
             raise UserError(f"label {label!r} has no train rows of class {', '.join(class_names[i] for i in missing)} "

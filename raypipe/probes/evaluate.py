@@ -24,6 +24,7 @@ from raypipe.fs import Location
 from raypipe.probes.config import EvaluateConfig
 from raypipe.probes import plots
 from raypipe.probes.metrics import calibration, significance
+from raypipe.output import Build
 
 SEP_POSITIONS = (-1, "answer:-2")
 
@@ -54,17 +55,16 @@ def load_splits(build, labels: list[str], layers: list[int] | None, positions: l
     test and the evaluation splits), no features."""
     from raypipe.probes.dataset import prompt_lengths, resolve_layers, resolve_positions, split_labels
 
-    manifest = build.manifest
-    missing = [name for name in labels if name not in manifest["labels"]]
+    missing = [name for name in labels if name not in build.labels]
     if missing:
         raise UserError(f"{build.out_dir} has no label {', '.join(missing)} (labels: "
-                        f"{', '.join(manifest['labels'])}); SEP's evaluation needs a build with --answer-field and "
+                        f"{', '.join(build.labels)}); SEP's evaluation needs a build with --answer-field and "
                         "--num-samples K >= 2")
     splits = {}
     for split in build.splits():
         values, tensors = split_labels(build, split, labels)
         splits[split] = Split(values, prompt_lengths(build, split, tensors))
-    return splits, resolve_layers(manifest, layers), resolve_positions(manifest, positions)
+    return splits, resolve_layers(build.manifest, layers), resolve_positions(build.manifest, positions)
 
 
 def fit_probes(train, labels, alpha: float, device: str = "cpu") -> tuple["callable", dict]:
@@ -99,7 +99,6 @@ def fit_probes(train, labels, alpha: float, device: str = "cpu") -> tuple["calla
 def evaluate_block(work: EvaluateWork, block, device: str) -> dict:
     """Read this block's layers (every position) of every split, fit both probes per cell on train, score them on
     each scored split against its incorrectness."""
-    from raypipe.reader import Build
 
     build = Build(work.data_dir)
     layers = [work.layer_index[i] for i in block.layers]
@@ -157,12 +156,10 @@ def _baseline(values: np.ndarray, target: np.ndarray, resamples: int, seed: int,
 
 def run_evaluate(config: EvaluateConfig) -> dict:
     from raypipe.probes.blocks import plan_blocks, run_blocks
-    from raypipe.probes.config import _int_list
-    from raypipe.reader import Build
 
     build = Build(config.data_dir)
     splits, layer_index, position_index = load_splits(
-        build, list(PROBES.values()) + ["mean_token_entropy", "mean_logprob"], _int_list(config.layers, "--layers"),
+        build, list(PROBES.values()) + ["mean_token_entropy", "mean_logprob"], config.cell_layers(),
         _sep_positions(config, build))
     layers = [build.layers[i] for i in layer_index]
     positions = [build.positions[i] for i in position_index]
@@ -257,10 +254,8 @@ def _baselines(splits: dict, split: str, target: np.ndarray, config: EvaluateCon
 
 
 def _sep_positions(config: EvaluateConfig, build) -> list | None:
-    from raypipe.probes.config import _int_list
-
     if config.positions is not None:
-        return _int_list(config.positions, "--positions", allow_markers=True)
+        return config.cell_positions()
     return [p for p in SEP_POSITIONS if p in build.positions] or None
 
 

@@ -32,6 +32,7 @@ from raypipe.fs import Location
 from raypipe.jsonsafe import json_safe
 from raypipe.probes.metrics import TaskType, calibration, metric_name, report, significance
 from raypipe.tracking import find_dotenv_path, wandb_run
+from raypipe.output import Build
 
 CHECKPOINT_KEYS = ("weight", "bias", "feature_mean", "feature_std")
 
@@ -77,7 +78,6 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from raypipe.cluster import where
-    from raypipe.reader import Build
 
     torch.manual_seed(config["seed"])
     rank = ray.train.get_context().get_world_rank()
@@ -258,7 +258,6 @@ def run_train(config: TrainConfig) -> dict:
     from raypipe import cluster
     from raypipe.probes.blocks import verify_on_cluster
     from raypipe.probes.dataset import load_probe_data
-    from raypipe.reader import Build
 
     build = Build(config.data_dir)
     data = load_probe_data(build, config.label, [config.layer], [config.position], config.task_type)

@@ -26,6 +26,7 @@ import numpy as np
 
 from raypipe.errors import UserError
 from raypipe.fs import Location
+from raypipe.output import MANIFEST, BuildRecord
 
 FORMAT = "raypipe.linear-probe/1"
 TENSORS = ("weight", "bias", "feature_mean", "feature_std")
@@ -73,18 +74,17 @@ class SavedProbe:
         return {name: np.ascontiguousarray(getattr(self, name), dtype=np.float32) for name in TENSORS}
 
 
-def model_record(manifest: dict) -> dict:
+def model_record(manifest: BuildRecord) -> dict:
     """The model a build read, as a card names it: its id, the hub revision where its local path is a hub snapshot
     (`.../snapshots/<commit>/`), its layer count and hidden size."""
-    model = manifest["model"]
-    snapshot = re.search(r"/snapshots/([0-9a-f]{40})(/|$)", model.get("local_path") or "")
-    return {"id": model["model_id"], "revision": snapshot[1] if snapshot else None,
-            "num_layers": model["num_layers"],
-            "hidden_size": int(manifest["features"].get("hidden_size") or model["hidden_size"])}
+    model = manifest.model
+    snapshot = re.search(r"/snapshots/([0-9a-f]{40})(/|$)", model.local_path or "")
+    return {"id": model.model_id, "revision": snapshot[1] if snapshot else None, "num_layers": model.num_layers,
+            "hidden_size": manifest.hidden_size}
 
 
 def build_record(build) -> dict:
-    return {"data_dir": build.out_dir, "manifest_sha256": Location(build.out_dir).sha256("manifest.json")}
+    return {"data_dir": build.out_dir, "manifest_sha256": build.location.sha256(MANIFEST)}
 
 
 def origin(build) -> dict:

@@ -22,6 +22,7 @@ import numpy as np
 
 from raypipe.errors import UserError
 from raypipe.fs import Location
+from raypipe.output import Build, BuildRecord, LabelDefinition
 from raypipe.probes.blocks import Block, run_blocks
 from raypipe.probes.config import ScoreConfig
 from raypipe.probes.dataset import resolve_layers, resolve_positions, split_labels
@@ -37,7 +38,7 @@ class ScoreWork:
     probe: SavedProbe
 
 
-def check_fits(probe: SavedProbe, manifest: dict, data_dir: str, any_model: bool) -> tuple[int, int]:
+def check_fits(probe: SavedProbe, manifest: BuildRecord, data_dir: str, any_model: bool) -> tuple[int, int]:
     """(layer index, position index) of the probe's cell in this build; UserError naming what does not match."""
     card, model = probe.card, model_record(manifest)
     wanted = card["model"]
@@ -58,8 +59,6 @@ def check_fits(probe: SavedProbe, manifest: dict, data_dir: str, any_model: bool
 
 def score_block(work: ScoreWork, block: Block, device: str) -> dict:
     """Where it runs: read the probe's slice of every split and apply the probe. {split: (row ids, scores)}."""
-    from raypipe.reader import Build
-
     build = Build(work.data_dir)
     out = {}
     for split in build.splits():
@@ -69,9 +68,9 @@ def score_block(work: ScoreWork, block: Block, device: str) -> dict:
     return {"splits": out}
 
 
-def _class_ids(values: np.ndarray, definition: dict, classes: list[str]) -> np.ndarray:
+def _class_ids(values: np.ndarray, definition: LabelDefinition, classes: list[str]) -> np.ndarray:
     """A multiclass label's values as the probe's class ids (NaN where the class is not one of the probe's)."""
-    names = definition.get("classes")
+    names = definition.classes
     index = {name: i for i, name in enumerate(classes)}
     out = np.full(len(values), np.nan)
     for row, value in enumerate(values):
@@ -82,8 +81,6 @@ def _class_ids(values: np.ndarray, definition: dict, classes: list[str]) -> np.n
 
 
 def run_score(config: ScoreConfig) -> dict:
-    from raypipe.reader import Build
-
     if not config.probe:
         raise UserError("no probe given: raypipe score PROBE --data-dir BUILD --out-dir DIR (PROBE: a saved probe's "
                         ".safetensors, e.g. a sweep's probe.safetensors)")
@@ -95,7 +92,7 @@ def run_score(config: ScoreConfig) -> dict:
                         [Block(0, (0,))], build, config.executor, config.device)[0]
 
     label = card["label"]
-    definitions = build.manifest.get("labels", {})
+    definitions = build.labels
     labelled = label in definitions
     columns: dict[str, list] = {"split": [], "row_id": []}
     per_split, curves = {}, {}

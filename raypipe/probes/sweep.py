@@ -31,6 +31,7 @@ from raypipe.jsonsafe import json_safe
 from raypipe.probes.metrics import (accuracies, calibration, metric_name, permutation_pvalues, scores,
                                     significance)
 from raypipe.probes.saved import SavedProbe, save_probe
+from raypipe.output import Build
 
 
 def assign_folds(labels: np.ndarray, task: str, n_folds: int, seed: int) -> np.ndarray:
@@ -200,7 +201,6 @@ class SweepWork:
 
 def fit_block(work: SweepWork, block: Block, device: str) -> dict:
     """Read this block's features (its layers, every position) from every split, fit and score its cells."""
-    from raypipe.reader import Build
 
     data, config, fold = work.data, work.config, work.fold
     build = Build(data.data_dir)
@@ -265,10 +265,8 @@ def _grid(values: np.ndarray, n_positions: int, n_layers: int) -> list[list]:
 
 
 def run_sweep(config: SweepConfig) -> dict:
-    from raypipe.reader import Build
-
     build = Build(config.data_dir)
-    data = load_probe_data(build, config.label, config.layer_list(), config.position_list(), config.task_type)
+    data = load_probe_data(build, config.label, config.cell_layers(), config.cell_positions(), config.task_type)
     task, metric = data.task, metric_name(data.task)
     train = data.train
     scored = [split for split in data.splits if split != "train" and len(data.splits[split].labels)]

@@ -22,6 +22,8 @@ import sys
 import time
 from typing import Any, ClassVar
 
+from raypipe.output.layout import shard_name
+
 FAULT_ENV = "RAYPIPE_INJECT_FAULT"
 FAULT_STATE_ENV = "RAYPIPE_INJECT_FAULT_STATE"  # folder remembering fatal faults already injected (across actors)
 
@@ -151,8 +153,6 @@ class AsyncShardStage(ShardStage):
 
 
 def shard_label(shard: dict[str, Any]) -> str:
-    from raypipe.store import shard_name
-
     return f"{shard['split']}/{shard_name(shard['index'])}"
 
 

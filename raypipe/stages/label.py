@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from raypipe.output.records import LabelDefinition
 from raypipe.stages.base import ShardStage
 
 
@@ -23,13 +24,13 @@ class LabelStage(ShardStage):
 
         config = labels or LabelConfig()
         self.loop_n, self.loop_k = loop_n, loop_k
-        self.planned = planned if planned is not None else {"loop": {"kind": "binary"}}
+        self.planned = planned if planned is not None else {"loop": LabelDefinition(kind="binary")}
         if not uses_rollouts(self.planned):
             self.inputs = self.given_only
         self.cluster = None
         if "semantic_entropy" in self.planned:
-            judged = self.planned.get("correct", {}).get("params", {})
-            self.cluster = make_clusterer(self.planned["semantic_entropy"]["params"]["method"], config.nli_model,
+            judged = (self.planned["correct"].params if "correct" in self.planned else None) or {}
+            self.cluster = make_clusterer(self.planned["semantic_entropy"].params["method"], config.nli_model,
                                           config.embedding_model, config.similarity_threshold,
                                           judged.get("match", "math"), judged.get("f1_threshold", 0.5),
                                           judged.get("answer_after"))

@@ -7,15 +7,17 @@ from typing import Any
 
 import numpy as np
 
+from raypipe.fs import Location
+from raypipe.labels.catalog import counts
+from raypipe.output import LABEL_PREFIX, ShardRecord, shard_name, write_shard
+from raypipe.output.records import FAILED
+from raypipe.payload import get_shard, numpy_to_tensor
 from raypipe.stages.base import ShardStage
 
 
 def shard_tensors(shard: dict[str, Any]) -> dict[str, Any]:
     """The safetensors content of a shard: features, row ids, prompt lengths, one `label.<name>` per stored label."""
     import torch
-
-    from raypipe.payload import numpy_to_tensor
-    from raypipe.store import LABEL_PREFIX
 
     tensors = {
         "features": numpy_to_tensor(shard["features"], shard["features_dtype"]),
@@ -37,37 +39,30 @@ def shard_rollouts(shard: dict[str, Any]) -> dict[str, list]:
 
 
 class WriteStage(ShardStage):
-    """Writes one shard and returns its manifest entry (files, sha256, rows, label counts, stats) as JSON."""
+    """Writes one shard and returns its record (files, sha256, rows, label counts, stats) as JSON."""
 
     name = "write"
     inputs = ("features", "features_dtype", "labels", "row_id", "prompt", "prompt_token_ids", "answer")
 
     def __init__(self, out_dir: str, retries: int = 0, progress=None):
         super().__init__(retries, progress)
-        self.out_dir = out_dir
+        self.location = Location(out_dir)
 
     def __call__(self, batch):
-        from raypipe.payload import get_shard
-        from raypipe.store import shard_name
-
         shard = self.run(get_shard(batch))
         if shard.get("error"):
-            entry = {"split": shard["split"], "name": shard_name(shard["index"]), "status": "failed",
-                     "error": shard["error"], "attempts": shard["attempts"]}
+            record = ShardRecord(split=shard["split"], name=shard_name(shard["index"]), status=FAILED,
+                                 error=shard["error"], attempts=shard["attempts"])
         else:
-            entry = {**shard["entry"], "stats": shard["stats"]}
-            if shard.get("retried"):
-                entry["retried"] = shard["retried"]  # stage -> retries it took
-        return {"entry": np.array([json.dumps(entry)])}
+            record = shard["record"]
+            record.stats = shard["stats"]
+            record.retried = shard.get("retried") or None  # stage -> retries it took
+        return {"entry": np.array([json.dumps(record.to_json())])}
 
     def work(self, shard: dict[str, Any]) -> None:
-        from raypipe.labels.catalog import counts
-        from raypipe.store import write_shard
-
-        entry = write_shard(self.out_dir, shard["split"], shard["index"], shard_tensors(shard), shard_rollouts(shard),
-                            metadata={"split": shard["split"], "index": str(shard["index"])})
-        entry["label_counts"] = counts(shard["labels"])
-        entry["skipped"] = shard.get("skipped", {})
-        if shard.get("answer_counts"):
-            entry["answer_counts"] = shard["answer_counts"]
-        shard["entry"] = entry
+        record = write_shard(self.location, shard["split"], shard["index"], shard_tensors(shard),
+                             shard_rollouts(shard), metadata={"split": shard["split"], "index": str(shard["index"])})
+        record.label_counts = counts(shard["labels"])
+        record.skipped = shard.get("skipped", {})
+        record.answer_counts = shard.get("answer_counts") or None
+        shard["record"] = record

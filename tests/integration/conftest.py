@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from raypipe.reader import load_rollouts, load_split
-from raypipe.store import read_manifest
+from raypipe.output import load_rollouts, load_split
+from tests.conftest import manifest_json
 from tests.conftest import run_cli
 
 # A small build on the embedded default: 20 built-in prompts, 3 layers x 2 positions, shards of 6 rows; 128 tokens
@@ -86,8 +86,8 @@ def local_build(tmp_path_factory, shared_ray):
 
 def assert_same_dataset(a, b):
     """Two builds hold the same splits, rows, labels, rollouts and (to float tolerance) features."""
-    splits = sorted(read_manifest(a)["splits"])
-    assert splits == sorted(read_manifest(b)["splits"])
+    splits = sorted(manifest_json(a)["splits"])
+    assert splits == sorted(manifest_json(b)["splits"])
     for split in splits:
         x, y = load_split(a, split), load_split(b, split)
         assert x["row_id"].tolist() == y["row_id"].tolist()

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from raypipe.store import read_manifest
-from raypipe.reader import load_split
+from tests.conftest import manifest_json
+from raypipe.output import load_split
 from tests.conftest import REPO, run_cli
 
 
@@ -53,7 +53,7 @@ def wait_for_first_shard(out: Path, alive, timeout: float = 900) -> dict[str, di
 
 def assert_streamed(out: Path) -> None:
     """The first shard was written before the last rollout ended: shards land while the engines still generate."""
-    shards = [s for d in read_manifest(out)["splits"].values() for s in d["shards"].values()]
+    shards = [s for d in manifest_json(out)["splits"].values() for s in d["shards"].values()]
     first_written = min(s["stats"]["write"]["end"] for s in shards)
     last_rollout = max(s["stats"]["rollout"]["end"] for s in shards)
     assert first_written < last_rollout, (first_written, last_rollout)
@@ -79,13 +79,13 @@ def kill_after_first_shard_then_resume(args: list[str], out: Path, env: dict, lo
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     assert done, log.read_text()[-3000:]
-    total = sum(1 for d in read_manifest(out)["splits"].values() for _ in d["shards"])
+    total = sum(1 for d in manifest_json(out)["splits"].values() for _ in d["shards"])
     assert len(done) < total, "the kill should land mid-build"
     assert_written_shards_survive(out, done)
     rerun = run_cli("raypipe.build", *args, "--out-dir", str(out), env=env)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert_written_shards_survive(out, done)
-    assert all(s["status"] == "complete" for d in read_manifest(out)["splits"].values() for s in d["shards"].values())
+    assert all(s["status"] == "complete" for d in manifest_json(out)["splits"].values() for s in d["shards"].values())
     return done, rerun.stdout
 
 

@@ -6,8 +6,8 @@ import re
 import torch
 
 from raypipe.labels.loop import has_ngram_loop
-from raypipe.store import read_manifest
-from raypipe.reader import load_rollouts, load_split
+from tests.conftest import manifest_json
+from raypipe.output import load_rollouts, load_split
 from tests.conftest import run_cli
 from tests.integration.conftest import BUILD_ARGS
 
@@ -18,7 +18,7 @@ RAY_LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+ [EW] \d+ \d+\]|^\d{4}-\d\
 
 
 def test_every_planned_shard_is_complete_and_verified(local_build):
-    manifest = read_manifest(local_build)
+    manifest = manifest_json(local_build)
     shards = {split: data["shards"] for split, data in manifest["splits"].items()}
     assert sorted(shards["train"]) == ["shard-00000", "shard-00001", "shard-00002"]
     assert sorted(shards["test"]) == ["shard-00000"]
@@ -56,7 +56,7 @@ def test_stored_prompts_are_what_the_model_saw(local_build, tokenizer):
 
 
 def test_labels_equal_the_detector_on_the_stored_rollouts(local_build):
-    manifest = read_manifest(local_build)
+    manifest = manifest_json(local_build)
     n, k = manifest["labels"]["loop"]["params"]["n"], manifest["labels"]["loop"]["params"]["k"]
     for split in ("train", "test"):
         labels = load_split(local_build, split)["label.loop"].tolist()
@@ -76,7 +76,7 @@ def test_rollouts_are_the_models_greedy_continuations(local_build, embedded_path
 
 
 def test_it_streams_first_shard_written_before_the_last_rollout_ends(local_build):
-    shards = [s for split in read_manifest(local_build)["splits"].values() for s in split["shards"].values()]
+    shards = [s for split in manifest_json(local_build)["splits"].values() for s in split["shards"].values()]
     assert min(s["stats"]["write"]["end"] for s in shards) < max(s["stats"]["rollout"]["end"] for s in shards)
 
 
@@ -97,7 +97,7 @@ def test_its_config_from_status_reruns_it_exactly_and_skips_every_complete_shard
     printed = subprocess.run([str(raypipe), "status", str(local_build), "--config"], capture_output=True, text=True)
     assert printed.returncode == 0, printed.stderr[-2000:]
     (tmp_path / "build.yaml").write_text(printed.stdout)
-    assert resolve("build", {}, str(tmp_path / "build.yaml")).to_dict() == read_manifest(local_build)["config"]
+    assert resolve("build", {}, str(tmp_path / "build.yaml")).to_dict() == manifest_json(local_build)["config"]
     flags = run_cli("raypipe.build", *BUILD_ARGS, "--out-dir", str(local_build), "--print-config")
     assert yaml.safe_load(flags.stdout) == yaml.safe_load(printed.stdout)
     before = {p.name: p.stat().st_mtime_ns for p in local_build.rglob("*.safetensors")}
@@ -159,7 +159,7 @@ def test_backend_none_generates_nothing_and_its_features_equal_the_vllm_builds(l
     out = tmp_path / "none"
     result = run_cli("raypipe.build", *BUILD_ARGS, "--backend", "none", "--out-dir", str(out), env=shared_ray)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    manifest = read_manifest(out)
+    manifest = manifest_json(out)
     assert manifest["labels"] == {} and set(manifest["absent_labels"]) >= {"loop", "correct", "mean_logprob"}
     shards = [s for d in manifest["splits"].values() for s in d["shards"].values()]
     assert all("rollout" not in s["stats"] for s in shards)  # no stage generated a token

@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from raypipe.store import read_manifest
+from tests.conftest import manifest_json
 from tests.conftest import REPO, run_cli
 
 MARIMO = str(Path(sys.executable).parent / "marimo")
@@ -32,7 +32,7 @@ def test_the_notebook_runs_headless_and_shows_the_builds_labels(local_build, tmp
                             capture_output=True, text=True, timeout=600)
     assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-3000:]
     page = html.read_text()  # rendered outputs only: the notebook's code is left out
-    for label in read_manifest(local_build)["labels"]:
+    for label in manifest_json(local_build)["labels"]:
         assert label in page, label
     for section in ("Label distributions", "Rollouts", "A probe, fitted live", "roc_auc per (layer, position)",
                     "Best: layer", "test roc_auc", "Scores of a saved", "probe score"):

@@ -5,8 +5,8 @@ shards found on resume: tests/test_manifest.py.)"""
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raypipe.store import read_manifest
-from raypipe.reader import load_split
+from tests.conftest import manifest_json
+from raypipe.output import load_split
 from tests.conftest import run_cli
 
 
@@ -37,7 +37,7 @@ def test_failing_shards_are_retried_reported_and_rerun_alone_and_bad_rows_counte
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     assert "2 shard(s) failed:" in first.stderr and "train/shard-00001" in first.stderr, first.stderr[-2000:]
     assert "ood/shard-00000" in first.stderr
-    manifest = read_manifest(out)
+    manifest = manifest_json(out)
     failed = manifest["splits"]["train"]["shards"]["shard-00001"]
     assert failed["status"] == "failed" and failed["attempts"] == 3 and "injected fault in prefill" in failed["error"]
     recovered = manifest["splits"]["test"]["shards"]["shard-00000"]
@@ -63,7 +63,7 @@ def test_failing_shards_are_retried_reported_and_rerun_alone_and_bad_rows_counte
     assert second.returncode == 0, second.stderr[-3000:]
     assert "3 already complete, 2 to build" in second.stdout
     assert load_split(out, "train")["row_id"].tolist() == list(range(9))
-    manifest = read_manifest(out)
+    manifest = manifest_json(out)
     assert manifest["skipped_rows"]["train"] == {"empty_prompt": 1, "missing_prompt": 1, "prompt_too_long": 1}
     assert manifest["skipped_rows"]["ood"] == {"empty_prompt": 1}
     assert load_split(out, "ood")["row_id"].tolist() == [0, 2, 3]

@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from raypipe.store import read_manifest
+from tests.conftest import manifest_json
 from tests.integration.simulation import (assert_streamed, kill_after_first_shard_then_resume, logical_gpu_env,
                                          ray_worker_errors)
 
@@ -33,7 +33,7 @@ def cluster():
 
 
 def _placement(out) -> dict:
-    return read_manifest(out)["runs"][-1]["placement"]
+    return manifest_json(out)["runs"][-1]["placement"]
 
 
 def test_eight_gpus_dp8_colocates_eight_engines_streams_and_resumes_to_the_uninterrupted_build(cluster, tmp_path,
@@ -46,7 +46,7 @@ def test_eight_gpus_dp8_colocates_eight_engines_streams_and_resumes_to_the_unint
 
     import torch
 
-    from raypipe.reader import load_rollouts, load_split
+    from raypipe.output import load_rollouts, load_split
     from tests.conftest import run_cli
     from tests.integration.conftest import assert_same_dataset
 
@@ -64,7 +64,7 @@ def test_eight_gpus_dp8_colocates_eight_engines_streams_and_resumes_to_the_unint
     assert (placement["mode"], placement["engines"], placement["gpus_per_engine"]) == ("colocated", 8, 1)
     assert re.search(r"(\d+) already complete", rerun) and int(re.search(r"(\d+) already complete", rerun)[1]) >= len(done)
     assert_streamed(out)
-    engines = {s["stats"]["rollout"]["pid"] for d in read_manifest(out)["splits"].values()
+    engines = {s["stats"]["rollout"]["pid"] for d in manifest_json(out)["splits"].values()
                for s in d["shards"].values()}
     assert len(engines) > 1  # the rerun's shards spread over several of the eight engines
 
@@ -72,7 +72,7 @@ def test_eight_gpus_dp8_colocates_eight_engines_streams_and_resumes_to_the_unint
                             env={"RAY_ADDRESS": cluster.address})
     assert uninterrupted.returncode == 0, uninterrupted.stdout[-3000:] + uninterrupted.stderr[-3000:]
     assert_same_dataset(out, reference)
-    assert set(read_manifest(out)["splits"]) == {"train", "test", "ood"}
+    assert set(manifest_json(out)["splits"]) == {"train", "test", "ood"}
     for split in ("train", "test", "ood"):
         resumed, whole = load_split(out, split), load_split(reference, split)
         labels = [name for name in whole if name.startswith("label.")]
@@ -106,7 +106,7 @@ def test_two_gpus_tp2_gives_one_vllm_engine_both(cluster, tmp_path, tiny_tp_mode
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-3000:] + ray_worker_errors()
     placement = _placement(out)
     assert (placement["mode"], placement["engines"], placement["gpus_per_engine"]) == ("colocated", 1, 2)
-    shards = [s for d in read_manifest(out)["splits"].values() for s in d["shards"].values()]
+    shards = [s for d in manifest_json(out)["splits"].values() for s in d["shards"].values()]
     assert len(shards) == 10 and all(s["status"] == "complete" and s["rows"] == 2 for s in shards)
     assert_streamed(out)
 
@@ -156,7 +156,7 @@ def test_two_nodes_of_gpus_spread_the_engines_and_survive_a_lost_node(cluster, t
     assert_written_shards_survive(out, done)
     placement = _placement(out)
     assert (placement["mode"], placement["engines"]) == ("colocated", 4)
-    shards = [s for d in read_manifest(out)["splits"].values() for s in d["shards"].values()]
+    shards = [s for d in manifest_json(out)["splits"].values() for s in d["shards"].values()]
     assert all(s["status"] == "complete" for s in shards)
     assert len({s["stats"]["rollout"]["node"] for s in shards}) >= 2  # the engines spread over the nodes
     assert_streamed(out)

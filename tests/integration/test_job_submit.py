@@ -88,7 +88,7 @@ def _submit(address, env, out, wait: bool, command_args: list[str] | None = None
 def test_one_gpu_job_streams_survives_a_stop_and_resubmits_to_the_local_result(ray_head, local_build, tmp_path):
     """On one GPU the engine holds it: prefill shares it (colocated), so shards land from the first minutes; a job
     stopped after its first shard keeps that shard; resubmitted, it finishes the dataset a local run builds."""
-    from raypipe.store import read_manifest
+    from tests.conftest import manifest_json
     from tests.integration.simulation import assert_streamed, assert_written_shards_survive, wait_for_first_shard
 
     address, env = ray_head
@@ -109,7 +109,7 @@ def test_one_gpu_job_streams_survives_a_stop_and_resubmits_to_the_local_result(r
     assert resubmitted.returncode == 0 and "succeeded" in resubmitted.stdout, resubmitted.stdout[-4000:]
     assert re.search(r"(\d+) already complete", resubmitted.stdout)
     assert_written_shards_survive(folder, done)
-    assert read_manifest(out)["runs"][-1]["placement"]["mode"] == "colocated"
+    assert manifest_json(out)["runs"][-1]["placement"]["mode"] == "colocated"
     assert_streamed(folder)
     assert_same_dataset(out, local_build)
 
@@ -120,7 +120,7 @@ def test_one_gpu_job_streams_survives_a_stop_and_resubmits_to_the_local_result(r
     from raypipe.probes.config import SweepConfig
     from raypipe.probes.saved import load_saved_probe
     from raypipe.probes.sweep import run_sweep
-    from raypipe.reader import Build
+    from raypipe.output import Build
 
     run_sweep(SweepConfig(data_dir=str(local_build), out_dir=str(tmp_path / "sweep"), executor="local", n_folds=2,
                           resamples=50))

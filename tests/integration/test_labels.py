@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from raypipe.probes.dataset import load_probe_data
-from raypipe.store import read_manifest
-from raypipe.reader import Build, load_rollouts, load_split
+from tests.conftest import manifest_json
+from raypipe.output import Build, load_rollouts, load_split
 from tests.conftest import run_cli
 from tests.public_datasets import write_hub_layout
 
@@ -54,7 +54,7 @@ def sampled_build(tmp_path_factory, shared_ray):
 
 
 def test_every_label_is_stored_with_a_definition_and_sane_values(sampled_build):
-    manifest = read_manifest(sampled_build)
+    manifest = manifest_json(sampled_build)
     labels = manifest["labels"]
     expected = {"loop", "loop_fraction", "max_tokens_fraction", "correct", "success_rate", "semantic_entropy",
                 "semantic_entropy_high", "mean_logprob", "mean_token_entropy", "difficulty"}
@@ -115,7 +115,7 @@ def test_correct_agrees_with_a_readers_rule_on_the_gsm8k_shaped_rows(sampled_bui
 
 
 def test_a_truncated_row_keeps_its_id_answer_and_columns(sampled_build, tokenizer):
-    manifest = read_manifest(sampled_build)
+    manifest = manifest_json(sampled_build)
     split = next(s for s in ("train", "test") if 12 in load_split(sampled_build, s)["row_id"].tolist())
     assert manifest["skipped_rows"][split].get("prompt_truncated") == 1
     tensors, rollouts = load_split(sampled_build, split), load_rollouts(sampled_build, split).to_pylist()
@@ -130,7 +130,7 @@ def test_a_truncated_row_keeps_its_id_answer_and_columns(sampled_build, tokenize
 def test_eoi_marker_and_answer_positions(sampled_build, tokenizer, embedded_path):
     from transformers import AutoModelForCausalLM
 
-    manifest = read_manifest(sampled_build)
+    manifest = manifest_json(sampled_build)
     assert manifest["features"]["positions"] == [-6, -5, -4, -3, -2, -1, "marker:plus", "answer:-2"]
     model = AutoModelForCausalLM.from_pretrained(embedded_path, dtype=torch.float32)
     tensors, rollouts = load_split(sampled_build, "test"), load_rollouts(sampled_build, "test").to_pylist()
@@ -151,7 +151,7 @@ def test_eoi_marker_and_answer_positions(sampled_build, tokenizer, embedded_path
 def test_any_stored_label_trains(sampled_build, shared_ray):
     from raypipe.errors import UserError
 
-    for label in read_manifest(sampled_build)["labels"]:
+    for label in manifest_json(sampled_build)["labels"]:
         try:
             data = load_probe_data(str(sampled_build), label)
         except UserError as exc:  # a label with one class / one value in this tiny build says so

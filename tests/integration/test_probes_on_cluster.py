@@ -19,7 +19,7 @@ LATE_LAYERS = "25,26,27,28,29"
 
 @pytest.fixture(scope="module")
 def real_build(tmp_path_factory, shared_ray):
-    from raypipe.data import arithmetic_problems
+    from raypipe.sources.builtin import arithmetic_problems
 
     root = tmp_path_factory.mktemp("real")
     # train and test from one set of questions; an evaluation split of other questions of the same kind
@@ -42,7 +42,7 @@ def _hard_cells(build_dir, layers):
     """(layer index, position index) cells whose float32 Gram matrix + alpha I is not positive definite."""
     import torch
 
-    from raypipe.reader import Build
+    from raypipe.output import Build
 
     build = Build(str(build_dir))
     indices = [build.layers.index(layer) for layer in layers]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from raypipe.reader import load_split
+from raypipe.output import load_split
 from tests.conftest import run_cli
 from tests.synthetic import write_planted_build
 

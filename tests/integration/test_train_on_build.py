@@ -2,12 +2,12 @@
 
 import json
 
-from raypipe.store import read_manifest
+from tests.conftest import manifest_json
 from tests.conftest import run_cli
 
 
 def test_train_and_sweep_run_on_an_embedded_build(local_build, tmp_path, shared_ray):
-    counts = read_manifest(local_build)["labels"]["loop"]["counts"]["train"]
+    counts = manifest_json(local_build)["labels"]["loop"]["counts"]["train"]
     assert set(counts) == {"0", "1"}, f"the fixture build needs both classes, got {counts}"
 
     probe = tmp_path / "probe"

@@ -1,5 +1,6 @@
-"""The 2-D trigger task as a `raypipe build` prompt source: `--train-dataset trigger:EXP_DIR` (or
-`trigger:path/data_config.json`) gives the experiment's generated rows, each followed by its no-trigger twin."""
+"""The 2-D trigger task as a prompt source: `--train-dataset trigger:EXP_DIR` (or `trigger:path/data_config.json`)
+gives the experiment's generated rows, each followed by its no-trigger twin, and offers its generated test files
+(in- and out-of-distribution) as evaluation splits. A build's prepare generates the experiment's data once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,26 @@ from raypipe.errors import UserError
 from raypipe.tasks.experiment import CONFIG, DATA_CONFIG, Experiment, ExperimentConfig, load_experiment
 from raypipe.tasks.trigger import load_spec, split_kind, twin_prompt
 
-SOURCE_PREFIX = "trigger:"
+PREFIX = "trigger"  # trigger:EXP_DIR
+
+
+class TriggerSource:
+    """`trigger:EXP_DIR`: one generation of the experiment, whose splits are picked by name."""
+
+    usage = f"{PREFIX}:EXP_DIR"
+
+    def load(self, spec: str, config: str | None, split: str, size: int, seed: int):
+        import datasets
+
+        return datasets.Dataset.from_list(probe_source_rows(spec, split, seed))
+
+    def offered_splits(self, spec: str, seed: int) -> list[tuple[str, str]]:
+        """One evaluation split per generated test file, named as the file without `test_`: objects_ID, objects_OOD."""
+        return [(name.removeprefix("test_"), name) for name in trigger_test_splits(spec, seed)]
+
+    def split_seed(self, seed: int, offset: int) -> int:
+        """Every split is a part of the same generation: another seed would generate another experiment's rows."""
+        return seed
 
 
 def _experiment(path: str, seed: int | None) -> Experiment:
@@ -19,7 +39,7 @@ def _experiment(path: str, seed: int | None) -> Experiment:
         return load_experiment(path)
     spec_path = os.path.join(path, DATA_CONFIG) if os.path.isdir(path) else path
     if not os.path.isfile(spec_path):
-        raise UserError(f"{SOURCE_PREFIX}{path}: no data_config.json at {spec_path}")
+        raise UserError(f"{PREFIX}:{path}: no data_config.json at {spec_path}")
     config = ExperimentConfig(**({} if seed is None else {"seed": seed}))
     return Experiment(config, load_spec(spec_path), os.path.dirname(os.path.abspath(spec_path)))
 
@@ -41,12 +61,12 @@ def _generate(path: str, seed: int | None, stamps: tuple) -> tuple[Experiment, d
 
 
 def _strip(spec: str) -> str:
-    return spec[len(SOURCE_PREFIX):] if spec.startswith(SOURCE_PREFIX) else spec
+    return spec.removeprefix(f"{PREFIX}:")
 
 
 def trigger_test_splits(spec: str, seed: int | None = None) -> list[str]:
-    """The stems of the source's generated test files (test_objects_ID, test_objects_OOD, ...), in file order: the
-    named evaluation splits a `trigger:` build offers. Seed as in `probe_source_rows`."""
+    """The stems of the source's generated test files (test_objects_ID, test_objects_OOD, ...), in file order. Seed
+    as in `probe_source_rows`."""
     return [name for name in _generated(_strip(spec), seed)[1] if name.startswith("test_")]
 
 

@@ -17,9 +17,10 @@ from typing import Any
 from raypipe.config import torch_dtype
 from raypipe.errors import UserError
 from raypipe.fs import Location
-from raypipe.store import complete_shards, read_manifest, verify_file
+from raypipe.output.layout import FEATURES, ROLLOUTS, TENSORS
+from raypipe.output.manifest import read_manifest, verify_file
+from raypipe.output.records import BuildRecord, ShardRecord
 
-FEATURES = "features"
 # safetensors dtype names -> (numpy dtype name, bytes); bfloat16 has no numpy dtype and goes through torch
 _DTYPES = {"F32": ("float32", 4), "F16": ("float16", 2), "BF16": (None, 2), "F64": ("float64", 8),
            "I64": ("int64", 8), "I32": ("int32", 4)}
@@ -28,50 +29,54 @@ _DTYPES = {"F32": ("float32", 4), "F16": ("float16", 2), "BF16": (None, 2), "F64
 class Build:
     """A build's output folder: `Build(out_dir)` reads the manifest once; every read goes through this object."""
 
-    def __init__(self, out_dir: str, manifest: dict[str, Any] | None = None, ranged: bool | None = None):
+    def __init__(self, out_dir: str, manifest: BuildRecord | None = None, ranged: bool | None = None):
         self.location = Location(str(out_dir))
         # Absolute: the path travels to Ray tasks, which run in their worker's folder, not the driver's.
         self.out_dir = str(out_dir) if "://" in str(out_dir) else self.location.root
         self.ranged = ranged  # None: range reads where the build is not on a local disk (True forces them: tests)
-        self.manifest = manifest if manifest is not None else read_manifest(self.out_dir, self.location)
+        self.manifest = manifest if manifest is not None else read_manifest(self.location)
 
     # --- what the build holds ------------------------------------------------------------------------------------
 
     @property
     def layers(self) -> list[int]:
-        return self.manifest["features"]["layers"]
+        return self.manifest.features.layers
 
     @property
     def positions(self) -> list:
-        return self.manifest["features"]["positions"]
+        return self.manifest.features.positions
 
     @property
     def hidden_size(self) -> int:
-        return int(self.manifest["features"].get("hidden_size") or self.manifest["model"]["hidden_size"])
+        return self.manifest.hidden_size
+
+    @property
+    def labels(self):
+        """Label name -> its definition (records.LabelDefinition)."""
+        return self.manifest.labels
 
     def splits(self) -> list[str]:
         """Splits with at least one complete shard, train and test first."""
-        names = [name for name in self.manifest.get("splits", {}) if complete_shards(self.manifest, name)]
+        names = [name for name in self.manifest.splits if self.manifest.complete_shards(name)]
         order = {"train": 0, "test": 1}
         return sorted(names, key=lambda name: (order.get(name, 2), name))
 
-    def shards(self, split: str) -> list[dict[str, Any]]:
-        """The complete shards of a split, in shard order, each with its split."""
-        if split not in self.manifest.get("splits", {}):
-            raise UserError(f"split {split!r} is not in {self.out_dir}; splits: "
-                            f"{', '.join(self.manifest.get('splits', {}))}")
-        entries = complete_shards(self.manifest, split)
-        if not entries:
+    def shards(self, split: str) -> list[ShardRecord]:
+        """The complete shards of a split, in shard order."""
+        if split not in self.manifest.splits:
+            raise UserError(f"split {split!r} is not in {self.out_dir}; splits: {', '.join(self.manifest.splits)}")
+        shards = self.manifest.complete_shards(split)
+        if not shards:
             raise UserError(f"split {split!r} of {self.out_dir} has no complete shard")
-        return [{**entry, "split": split} for entry in entries]
+        return shards
 
     def rows(self, split: str) -> int:
-        return sum(int(entry["rows"]) for entry in self.shards(split))
+        return sum(int(shard.rows) for shard in self.shards(split))
 
     def files(self, splits: list[str] | None = None) -> list[tuple[str, str]]:
         """(path relative to the build, sha256) of every file of every complete shard of these splits."""
-        return [(f"{entry['split']}/{name}", sha) for split in (splits or self.splits())
-                for entry in self.shards(split) for name, sha in entry["files"].items()]
+        return [(f"{split}/{name}", sha) for split in (splits or self.splits())
+                for shard in self.shards(split) for name, sha in shard.files.items()]
 
     # --- checks ----------------------------------------------------------------------------------------------------
 
@@ -84,9 +89,8 @@ class Build:
 
     # --- reading ---------------------------------------------------------------------------------------------------
 
-    def _tensor_file(self, entry: dict[str, Any]) -> str:
-        name = next(f for f in entry["files"] if f.endswith(".safetensors"))
-        relative = f"{entry['split']}/{name}"
+    def _tensor_file(self, split: str, shard: ShardRecord) -> str:
+        relative = f"{split}/{shard.file_ending(TENSORS)}"
         if not self.location.is_file(relative):
             raise UserError(f"shard file {self.location.path(relative)} is missing")
         return relative
@@ -97,13 +101,13 @@ class Build:
         import torch
 
         parts: dict[str, list] = {}
-        entries = self.shards(split)
-        for entry in entries:
-            with open_shard(self.location, self._tensor_file(entry), self.ranged) as shard:
+        shards = self.shards(split)
+        for record in shards:
+            with open_shard(self.location, self._tensor_file(split, record), self.ranged) as shard:
                 for key in keys if keys is not None else [k for k in shard.keys() if k != FEATURES]:
                     if key in shard.keys():
                         parts.setdefault(key, []).append(shard.tensor(key))
-        return {key: torch.cat(values) for key, values in parts.items() if len(values) == len(entries)}
+        return {key: torch.cat(values) for key, values in parts.items() if len(values) == len(shards)}
 
     def features(self, split: str, layers: list[int] | None, positions: list[int] | None,
                  dtype: Any = "float32") -> Any:
@@ -112,8 +116,8 @@ class Build:
         import torch
 
         parts = []
-        for entry in self.shards(split):
-            with open_shard(self.location, self._tensor_file(entry), self.ranged) as shard:
+        for record in self.shards(split):
+            with open_shard(self.location, self._tensor_file(split, record), self.ranged) as shard:
                 block = shard.block(layers, positions)
                 parts.append(block if dtype is None else block.to(torch_dtype(dtype)))
         return torch.cat(parts)
@@ -124,9 +128,8 @@ class Build:
         import pyarrow.parquet as pq
 
         tables = []
-        for entry in self.shards(split):
-            name = next(f for f in entry["files"] if f.endswith(".parquet"))
-            with self.location.fs.open_input_file(self.location.path(f"{split}/{name}")) as f:
+        for shard in self.shards(split):
+            with self.location.fs.open_input_file(self.location.path(f"{split}/{shard.file_ending(ROLLOUTS)}")) as f:
                 tables.append(pq.read_table(f, columns=columns))
         return pa.concat_tables(tables)
 
