@@ -16,10 +16,18 @@ from typing import Optional
 
 import typer
 
-from raypipe.config import PRESETS, BuildConfig
+import raypipe
+from raypipe.config import PRESETS, BuildConfig, recorded_config
 from raypipe.errors import UserError, user_errors
+from raypipe.fs import Location
 from raypipe.options import from_dict, to_yaml, with_options
+from raypipe.output import read_manifest
+from raypipe.pipeline import run_build
 from raypipe.probes.config import EvaluateConfig, ScoreConfig, SweepConfig, TrainConfig
+from raypipe.probes.evaluate import run_evaluate
+from raypipe.probes.linear import run_train
+from raypipe.probes.score import run_score
+from raypipe.probes.sweep import run_sweep
 
 app = typer.Typer(
     add_completion=False,
@@ -42,7 +50,6 @@ def config_command(name: str):
 def build(config: BuildConfig, overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an output folder built with another config.")) -> None:
     """Build a probe dataset: rollouts, labels and prefill hidden states, as safetensors shards with a manifest."""
-    from raypipe.pipeline import run_build
 
     raise typer.Exit(run_build(config, overwrite=overwrite))
 
@@ -68,9 +75,6 @@ def status(out_dir: str = typer.Argument(..., help="A build's output folder."),
            config: bool = typer.Option(False, "--config", help="Print the build's resolved config as YAML instead: "
                                        "`raypipe build --config FILE` reruns or resumes the build with it.")) -> None:
     """Shards complete, failed and pending in a build's output folder (or, with --config, its config)."""
-    from raypipe.config import BuildConfig, recorded_config
-    from raypipe.fs import Location
-    from raypipe.output import read_manifest
 
     manifest = read_manifest(Location(out_dir))
     if config:
@@ -90,7 +94,6 @@ def train(config: TrainConfig) -> None:
 
     With --sweep, runs the (layer x position) sweep instead and takes the options of `raypipe sweep`.
     """
-    from raypipe.probes.linear import run_train
 
     evaluation = run_train(config)
     test = evaluation.get("test", {}).get("significance", {})
@@ -114,8 +117,6 @@ def _evaluation_splits(scored: dict) -> list[str]:
 @config_command("sweep")
 def sweep(config: SweepConfig) -> None:
     """One Ridge/Logistic probe per (layer, position), k-fold CV picks the best: performance.json + predictions."""
-    from raypipe.probes.sweep import run_sweep
-
     performance = run_sweep(config)
     best, metric = performance["best"], performance["metric"]
     typer.echo(
@@ -132,8 +133,6 @@ def sweep(config: SweepConfig) -> None:
 @config_command("evaluate")
 def evaluate(config: EvaluateConfig) -> None:
     """SEP's evaluation: accuracy and SE probes and the baselines at predicting the model's incorrectness."""
-    from raypipe.probes.evaluate import run_evaluate
-
     evaluation = run_evaluate(config)
     for name, probe in evaluation["probes"].items():
         if "best" in probe:
@@ -160,8 +159,6 @@ def score(config: ScoreConfig, probe_path: Optional[str] = typer.Argument(
     """Apply a saved probe to every split of a build: per-row scores, and its metric and calibration where the build
     has the probe's label."""
     import dataclasses
-
-    from raypipe.probes.score import run_score
 
     summary = run_score(dataclasses.replace(config, probe=probe_path) if probe_path else config)
     card = summary["card"]
@@ -200,10 +197,6 @@ def explore(
     """Open the marimo explorer (notebooks/explorer.py) over a build and its probe outputs."""
     import subprocess
     from pathlib import Path
-
-    import raypipe
-    from raypipe.fs import Location
-    from raypipe.output import read_manifest
 
     read_manifest(Location(data_dir))
     notebook = Path(raypipe.__file__).resolve().parents[1] / "notebooks" / "explorer.py"

@@ -19,10 +19,21 @@ from typing import Callable, Optional
 import typer
 
 from raypipe.errors import UserError, user_errors
+from raypipe.finetune.analysis import analyze_run
 from raypipe.finetune.config import AnalyzeConfig, FinetuneCommandConfig
+from raypipe.finetune.experiments import (
+    describe_experiment,
+    list_templates,
+    new_experiment,
+    run_experiments,
+    summarize,
+    summary_line,
+)
 from raypipe.options import with_options
 from raypipe.selection import parse_layers
-from raypipe.tasks.experiment import CONFIG
+from raypipe.tasks.experiment import CONFIG, load_experiment
+from raypipe.tasks.templates import list_template_presets
+from raypipe.tasks.trigger import write_datasets
 
 
 def _seeds_and_folders(exp_dirs: list[str], seeds: Optional[list]) -> tuple[list[str], list[int] | None]:
@@ -52,7 +63,6 @@ def _given_seeds(given: dict) -> dict:
 def finetune(config: FinetuneCommandConfig) -> None:
     """Finetune every (experiment, seed) on Ray Train, concurrently on Ray Tune; complete seeds are skipped and
     interrupted ones resume. Writes EXP/seed_<s>/results/<time>/ and EXP/summary.json + summary.png."""
-    from raypipe.finetune.experiments import new_experiment, run_experiments, summary_line
 
     folders = config.exp_dirs
     if config.from_template and not os.path.isfile(os.path.join(folders[0], CONFIG)):
@@ -75,8 +85,6 @@ experiments_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty
 @experiments_app.command("list")
 def list_command(as_json: bool = typer.Option(False, "--json")) -> None:
     """The shipped experiment templates and the prompt-template presets."""
-    from raypipe.finetune.experiments import list_templates
-    from raypipe.tasks.templates import list_template_presets
 
     templates, presets = list_templates(), list_template_presets()
     if as_json:
@@ -94,7 +102,6 @@ def list_command(as_json: bool = typer.Option(False, "--json")) -> None:
 @user_errors
 def new_command(template: str = typer.Argument(...), exp_dir: str = typer.Argument(...)) -> None:
     """Start an experiment folder from a template."""
-    from raypipe.finetune.experiments import new_experiment
 
     typer.echo(f"raypipe: wrote {new_experiment(template, exp_dir)} (edit its config.json / data_config.json)")
 
@@ -103,7 +110,6 @@ def new_command(template: str = typer.Argument(...), exp_dir: str = typer.Argume
 @user_errors
 def validate_command(exp_dirs: list[str] = typer.Argument(...)) -> None:
     """Check experiment folders' config.json and data_config.json; print their splits' sizes."""
-    from raypipe.finetune.experiments import describe_experiment
 
     for folder in exp_dirs:
         info = describe_experiment(folder)
@@ -118,8 +124,6 @@ def data_command(exp_dir: str = typer.Argument(...),
                  out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Default: EXP_DIR/generated_data.")
                  ) -> None:
     """Write an experiment's datasets as JSONL (the seed's generate_all_2d_datasets.py)."""
-    from raypipe.tasks.experiment import load_experiment
-    from raypipe.tasks.trigger import write_datasets
 
     experiment = load_experiment(exp_dir)
     config = experiment.config
@@ -134,7 +138,6 @@ def data_command(exp_dir: str = typer.Argument(...),
 @user_errors
 def summary_command(exp_dirs: list[str] = typer.Argument(...)) -> None:
     """(Re)write summary.json and summary.png over each experiment's complete seeds."""
-    from raypipe.finetune.experiments import summarize, summary_line
 
     for folder in exp_dirs:
         if not os.path.isdir(folder):
@@ -146,7 +149,6 @@ def analyze_command(config: AnalyzeConfig) -> None:
     """Activation patching (trigger prompt -> no-trigger twin) and trigger ablation on a finished finetune:
     writes RESULTS/analysis/patching.json + patching_heatmap.png + ablation.json (all or none); says what it
     skipped and why."""
-    from raypipe.finetune.analysis import analyze_run
 
     out, notes = analyze_run(config.results_dir, layers=parse_layers(config.layers), n_pairs=config.pairs,
                              n_positions=config.positions)

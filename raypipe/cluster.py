@@ -13,6 +13,7 @@ import logging
 import os
 
 from raypipe.errors import UserError
+from raypipe.placement import DEFAULT_GPU_MEMORY_GB, Node
 
 # Passed to every Ray worker, which takes its environment from its node, not from the driver that joins: the test-only
 # fault hook of the stages (stages/base.py), vLLM's CPU cache size, and the user's W&B switch (offline / disabled
@@ -123,7 +124,6 @@ def use_gpu(requested: bool | str | None = None) -> bool:
 
 def nodes(gpu_memory_gb: float | None) -> tuple[list, list[str]]:
     """The alive nodes' GPUs (placement.Node), and notes on how their memory was known."""
-    from raypipe.placement import DEFAULT_GPU_MEMORY_GB, Node
 
     counts = gpu_counts()
     notes = []

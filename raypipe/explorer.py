@@ -13,6 +13,8 @@ import numpy as np
 
 from raypipe.labels.catalog import label_values
 from raypipe.output import Build, BuildRecord
+from raypipe.probes.dataset import load_probe_data
+from raypipe.probes.metrics import score
 
 
 def describe(manifest: BuildRecord) -> str:
@@ -138,8 +140,6 @@ def _number(value) -> str:
 def live_probe(data_dir: str, label: str, layer: int, position, alpha: float = 1.0) -> dict:
     """Fit one logistic (or ridge) probe on the train split at (layer, position) and score it on test and on every
     evaluation split, now."""
-    from raypipe.probes.dataset import load_probe_data
-    from raypipe.probes.metrics import score
 
     build = Build(data_dir)
     data = load_probe_data(build, label, [layer], [position])

@@ -30,9 +30,21 @@ import typing
 from dataclasses import MISSING, dataclass
 from typing import Any, Callable, Optional
 
-from raypipe.config import DEFAULT_PRESET, PRESETS, BuildConfig, ModelConfig, choices_of, flag_of, get_preset
+from raypipe.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    BuildConfig,
+    ModelConfig,
+    choices_of,
+    flag_of,
+    get_preset,
+)
 from raypipe.errors import UserError
-from raypipe.finetune.config import AnalyzeConfig, ExperimentConfig, FinetuneCommandConfig
+from raypipe.finetune.config import (
+    AnalyzeConfig,
+    ExperimentConfig,
+    FinetuneCommandConfig,
+)
 from raypipe.probes.config import EvaluateConfig, ScoreConfig, SweepConfig, TrainConfig
 
 NoneType = type(None)

@@ -15,12 +15,17 @@ import sys
 import warnings
 from typing import Any
 
+from raypipe.cluster import connect
+from raypipe.cluster import nodes as cluster_nodes
 from raypipe.config import BuildConfig
+from raypipe.embedded import resolve_model_path
 from raypipe.errors import UserError
 from raypipe.labels.catalog import finish_derived
 from raypipe.output import LABEL_PREFIX, Build, BuildManifest, ShardRecord, shard_name
 from raypipe.output.records import FAILED
+from raypipe.placement import ModelShape, model_shape, place
 from raypipe.plan import BuildInputs, ShardPlan, plan_shards, prepare
+from raypipe.progress import ProgressPrinter, start_board
 from raypipe.resume import open_build
 from raypipe.topology import ACTOR_TASK_RETRIES, stage_names, stage_specs
 
@@ -95,10 +100,6 @@ def _finish_derived_labels(config: BuildConfig, manifest: BuildManifest) -> None
 def plan_placement(config: BuildConfig, inputs: BuildInputs):
     from transformers import AutoConfig
 
-    from raypipe.embedded import resolve_model_path
-    from raypipe.cluster import nodes as cluster_nodes
-    from raypipe.placement import ModelShape, model_shape, place
-
     nodes, notes = cluster_nodes(config.gpu_memory_gb)
     if any(node.gpus for node in nodes):
         hf_config = AutoConfig.from_pretrained(resolve_model_path(config.model.model_id),
@@ -117,9 +118,6 @@ def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan],
     retries allow never comes back from Ray Data; it is yielded as failed, so that the rest of the build still
     finishes."""
     import ray
-
-    from raypipe.cluster import connect
-    from raypipe.progress import ProgressPrinter, start_board
 
     connect()
     placement = plan_placement(config, inputs)

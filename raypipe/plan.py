@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 
 from raypipe.config import BuildConfig
 from raypipe.data import Source, SplitRows, open_sources, read_rows, to_prompt_rows
+from raypipe.embedded import resolve_model_path
 from raypipe.errors import UserError
-from raypipe.positions import expand_positions, reads_rollout
+from raypipe.labels import catalog, semantic_models
+from raypipe.labels.answers import answer_match_default
 from raypipe.output.layout import shard_name
 from raypipe.output.records import LabelDefinition
+from raypipe.positions import expand_positions, reads_rollout
 
 SPLITS = ("train", "test")  # every build has these; evaluation splits come after them, named by the user
 
@@ -68,9 +71,6 @@ def prepare(config: BuildConfig) -> BuildInputs:
     """Resolve sources, model shape, features and labels, and check every input a user gave, before any work."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from raypipe.embedded import resolve_model_path
-    from raypipe.labels import catalog
-
     sources, splits = open_sources(config.source)  # data mistakes surface before any model loads
     model_path = resolve_model_path(config.model.model_id)
     try:
@@ -114,8 +114,6 @@ def answer_match(config: BuildConfig, sources) -> str:
         return config.labels.answer_match
     import pyarrow as pa
 
-    from raypipe.labels.answers import answer_match_default
-
     references = []
     for source in sources.values():
         if source.answer is not None:
@@ -147,13 +145,12 @@ def check_semantic_models(config: BuildConfig) -> None:
     labels = config.labels
     if config.model.num_samples < 2 or labels.semantic_method in ("off", "answer"):
         return
-    from raypipe.labels.semantic_models import load_embedder, load_nli
 
     try:
         if labels.semantic_method == "nli":
-            load_nli(labels.nli_model)
+            semantic_models.load_nli(labels.nli_model)
         else:
-            load_embedder(labels.embedding_model)
+            semantic_models.load_embedder(labels.embedding_model)
     except (OSError, ValueError, ImportError) as exc:
         which = f"NLI model {labels.nli_model!r}" if labels.semantic_method == "nli" else \
             f"embedding model {labels.embedding_model!r}"

@@ -11,13 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 from raypipe import __version__
-from raypipe.config import BuildConfig, declared_defaults, recorded_config, runtime_fields
+from raypipe.config import (
+    BuildConfig,
+    declared_defaults,
+    recorded_config,
+    runtime_fields,
+)
 from raypipe.errors import UserError
 from raypipe.fs import Location
 from raypipe.output import MANIFEST, BuildManifest, BuildRecord, read_manifest
 from raypipe.output.manifest import now
 from raypipe.output.records import FeatureLayout, ModelRecord
 from raypipe.plan import SPLITS, BuildInputs, ShardPlan
+
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from raypipe.fs import Location
+
 
 class NullRun:
     """Stands in for a W&B run when tracking is off, so callers never branch."""
@@ -42,8 +44,6 @@ def wandb_run(config: dict, out_dir: str, *, name: str | None = None, run_id: st
         return None, None
     import wandb
     from dotenv import load_dotenv
-
-    from raypipe.fs import Location
 
     key_source = "environment" if os.environ.get("WANDB_API_KEY") else None
     if config.get("_dotenv"):  # the driver's ./.env (the worker runs elsewhere); the environment wins

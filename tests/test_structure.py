@@ -87,3 +87,73 @@ def test_import_raypipe_is_light():
             "print(sorted(m for m in ('torch', 'vllm', 'transformers', 'ray', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+HEAVY = {"torch", "vllm", "transformers", "ray", "datasets", "peft", "sklearn", "pandas", "matplotlib", "safetensors",
+         "pyarrow", "wandb", "marimo"}
+
+
+def _top_level_imports(path: Path) -> tuple[set[str], set[str]]:
+    """(raypipe modules, other top-level packages) a module imports when it is imported (outside its functions)."""
+    modules = _modules()
+    own, other = set(), set()
+    tree = ast.parse(path.read_text())
+    for statement in tree.body:
+        for node in ast.walk(statement) if not isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                                       ast.ClassDef)) else []:
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                         for alias in node.names]
+            else:
+                continue
+            for name in names:
+                (own if name in modules else other).add(name if name in modules else name.split(".")[0])
+    return own, other
+
+
+def _loads_a_heavy_library(module: str, seen: set[str] | None = None) -> bool:
+    """Whether importing the module (its parents' __init__ and what it imports at its top, recursively) loads torch,
+    vLLM, Ray or another heavy library."""
+    seen = set() if seen is None else seen
+    modules = _modules()
+    if module in seen:
+        return False
+    seen.add(module)
+    parents = {".".join(module.split(".")[:k]) for k in range(1, module.count(".") + 1)}
+    own, other = _top_level_imports(modules[module])
+    return bool(other & HEAVY) or any(_loads_a_heavy_library(m, seen) for m in (own | parents) & set(modules))
+
+
+def imports_inside_functions() -> list[tuple[str, str]]:
+    """(module, imported raypipe module) of every import of raypipe's own modules inside a function or method."""
+    modules = _modules()
+    found = []
+    for name, path in modules.items():
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and \
+                        node.module.startswith("raypipe"):
+                    found += [(name, f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module)
+                              for a in node.names]
+                elif isinstance(node, ast.Import):
+                    found += [(name, a.name) for a in node.names if a.name.startswith("raypipe")]
+    return sorted(set(found))
+
+
+def test_own_imports_sit_at_the_top_unless_the_module_loads_a_heavy_library():
+    """raypipe's imports of its own modules are at the top of each file, where readers and tools see the structure;
+    one sits inside a function only when the module it imports loads a heavy library (torch: the probe solvers) on
+    import, so that the CLI and the driver stay light."""
+    inside = imports_inside_functions()
+    assert all(_loads_a_heavy_library(target) for _, target in inside), \
+        [(module, target) for module, target in inside if not _loads_a_heavy_library(target)]
+    assert len(inside) == 2, inside  # counted: the probes' solvers, imported where the fits run (sweep, evaluate)
+
+
+def test_the_heavy_library_check_tells_light_modules_from_heavy_ones():
+    assert not _loads_a_heavy_library("raypipe.fs") and not _loads_a_heavy_library("raypipe.cli")
+    assert _loads_a_heavy_library("raypipe.probes.solvers")  # torch at its top

@@ -11,6 +11,8 @@ shard's stragglers finish). Engines: `vllm` (the default) and `hf` (transformers
 from __future__ import annotations
 
 from raypipe.engines.base import Engine
+from raypipe.engines.hf import HfEngine
+from raypipe.engines.vllm import VllmEngine
 
 BACKENDS = ("vllm", "hf", "none")
 
@@ -18,11 +20,7 @@ BACKENDS = ("vllm", "hf", "none")
 def make_engine(backend: str, model_path: str, model, seed: int) -> Engine:
     """The engine of a backend, loaded on this actor's devices."""
     if backend == "vllm":
-        from raypipe.engines.vllm import VllmEngine
-
         return VllmEngine(model_path, model, seed)
     if backend == "hf":
-        from raypipe.engines.hf import HfEngine
-
         return HfEngine(model_path, model, seed)
     raise ValueError(f"backend {backend!r} has no engine")

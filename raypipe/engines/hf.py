@@ -16,6 +16,7 @@ import math
 
 from raypipe.config import torch_dtype
 from raypipe.engines.base import request_seed
+from raypipe.engines.vllm import mean
 
 
 class SampleAndMeasure:
@@ -77,8 +78,6 @@ class HfEngine:
         return await asyncio.to_thread(self.generate_now, prompt_token_ids, row_ids)
 
     def generate_now(self, prompt_token_ids: list[list[int]], row_ids: list[int]) -> dict[str, list]:
-        from raypipe.engines.vllm import mean
-
         k, budget = self.model.num_samples, self.model.hf.batch_tokens
         result = {"token_ids": [None] * len(row_ids), "text": [None] * len(row_ids),
                   "finish_reason": [None] * len(row_ids)}

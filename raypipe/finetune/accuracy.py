@@ -12,6 +12,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from raypipe.finetune.data import left_pad
+from raypipe.tasks.trigger import PREAMBLE
+
 
 def sequence_logprobs(logits, input_ids, target_mask):
     """Sum over the target positions t of log p(input_ids[t] | tokens before t): logits [B,T,V] -> [B]."""
@@ -79,8 +82,6 @@ def _scores_cached(model, prompts: list[list[int]], candidates: list[list[int]],
     """Prompt + the candidates' shared prefix once (left-padded), then every tail on a copy of its KV cache."""
     import torch
 
-    from raypipe.finetune.data import left_pad
-
     shared = _common_prefix(candidates)
     prefix = candidates[0][:shared]
     device = _device(model)
@@ -123,8 +124,6 @@ def generate_answers(model, prompts: list[list[int]], max_new_tokens: int, pad_i
     """Greedy continuations as text (batched and left-padded when fast, else one prompt at a time)."""
     import torch
 
-    from raypipe.finetune.data import left_pad
-
     texts: list[str] = []
     step = batch_size if fast else 1
     with torch.no_grad():
@@ -156,8 +155,6 @@ def predict(model, fmt, rows: list[dict[str, Any]], words: list[str], *, method:
     """Predicted label word per row (None: generation named none) and, for logits, the probability of the true
     label among the candidates."""
     import torch
-
-    from raypipe.tasks.trigger import PREAMBLE
 
     prompts = [fmt.prompt_ids(r["prompt"]) for r in rows]
     answers = [f"{PREAMBLE} {w}" if output_preamble else w for w in words]

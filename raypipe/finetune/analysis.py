@@ -8,17 +8,24 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from raypipe.config import EMBEDDED_MODEL_ID
+from raypipe.embedded import resolve_model_path
 from raypipe.errors import UserError
+from raypipe.finetune.accuracy import predict
+from raypipe.finetune.checkpoint import atomic_folder
+from raypipe.finetune.data import ChatFormat
+from raypipe.finetune.patching import patching_heatmap, residual_patching
+from raypipe.finetune.plots import save_png
+from raypipe.finetune.run import read_marker
+from raypipe.fs import Location
+from raypipe.tasks.experiment import load_experiment
+from raypipe.tasks.trigger import load_spec, twin_prompt
 
 
 def load_model(path: str):
     """(model in float32 eval mode, ChatFormat) from a checkpoint folder or model id ('embedded' too)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from raypipe.config import EMBEDDED_MODEL_ID
-    from raypipe.embedded import resolve_model_path
-    from raypipe.finetune.data import ChatFormat
 
     path = resolve_model_path(EMBEDDED_MODEL_ID if path == "embedded" else path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -44,8 +51,6 @@ def trigger_ablation(model, fmt, spec, rows: list[dict], words: list[str], *, mo
     unflipped quadrant label, which is what a model that ignores the (now absent) proxy should answer. `before`:
     the rows' predictions as given, when the caller has them already.
     """
-    from raypipe.finetune.accuracy import predict
-    from raypipe.tasks.trigger import load_spec, twin_prompt
 
     spec = load_spec(spec)
     if mode not in ("remove", "swap"):
@@ -89,7 +94,6 @@ def trigger_ablation(model, fmt, spec, rows: list[dict], words: list[str], *, mo
 
 def patching_pairs(spec, rows: list[dict], n_pairs: int, is_categorical: bool = True) -> list[dict]:
     """Trigger prompts whose label the trigger changes (proxy rows), paired with their no-trigger twins."""
-    from raypipe.tasks.trigger import load_spec, twin_prompt
 
     spec = load_spec(spec)
     pairs = []
@@ -104,7 +108,6 @@ def patching_pairs(spec, rows: list[dict], n_pairs: int, is_categorical: bool = 
 
 def finished_results(path: str) -> str:
     """A finished finetune's results folder, from itself or its seed folder (the completed run)."""
-    from raypipe.finetune.run import read_marker
 
     path = os.path.abspath(path)
     if not os.path.isdir(path):
@@ -122,11 +125,6 @@ def analyze_run(results_dir: str, *, layers: list[int] | None = None, n_pairs: i
     """Patching and ablation of a finished finetune (its merged/ model on its test rows) into RESULTS/analysis/;
     returns the folder and notes on what was skipped and why. Everything is computed before anything is written,
     and the folder is swapped in whole: a failure leaves the previous analysis (or none), never half of one."""
-    from raypipe.finetune.checkpoint import atomic_folder
-    from raypipe.finetune.patching import patching_heatmap, residual_patching
-    from raypipe.finetune.plots import save_png
-    from raypipe.fs import Location
-    from raypipe.tasks.experiment import load_experiment
 
     if n_pairs < 1 or n_positions < 1:  # the command's AnalyzeConfig says so first; this is for Python callers
         raise UserError("--pairs and --positions must be at least 1")
@@ -148,7 +146,6 @@ def analyze_run(results_dir: str, *, layers: list[int] | None = None, n_pairs: i
     else:
         patching = {"skipped": "no test row has a trigger that changes its label (no proxy category)"}
         notes.append(f"patching {patching['skipped']}")
-    from raypipe.finetune.accuracy import predict
 
     method = config.accuracy_method
     before = predict(model, fmt, test_rows, words, method=method, output_preamble=config.output_preamble)["prediction"]

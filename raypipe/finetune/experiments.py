@@ -18,10 +18,19 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from raypipe import cluster
 from raypipe.errors import UserError
-from raypipe.finetune.run import MARKER, prepare_seed, read_marker, run_finetune
+from raypipe.finetune import plots
+from raypipe.finetune.run import (
+    MARKER,
+    cpus_per_worker,
+    prepare_seed,
+    read_marker,
+    run_finetune,
+)
+from raypipe.fs import Location
 from raypipe.tasks.experiment import CONFIG, DATA_CONFIG, Experiment, load_experiment
-
+from raypipe.tracking import find_dotenv_path
 
 # --- templates -----------------------------------------------------------------------------------------------------
 
@@ -71,8 +80,6 @@ def describe_experiment(folder: str) -> dict:
 
 def summarize(exp_dir: str) -> dict:
     """Write summary.json and summary.png over the experiment's complete seeds; return the summary."""
-    from raypipe.finetune import plots
-    from raypipe.fs import Location
 
     markers = {}
     for folder in sorted(Path(exp_dir).glob("seed_*")):
@@ -128,7 +135,6 @@ def run_experiments(exp_dirs: list[str], seeds: list[int] | None = None, *, reru
 
     Seeds default to each experiment's config seed. Every folder is read and checked before any Ray work starts.
     `dotenv_path`: the .env the workers read (W&B key, hub token); default: ./.env searched upwards."""
-    from raypipe.tracking import find_dotenv_path
 
     exp_dirs = [os.path.abspath(d) for d in exp_dirs]
     if not exp_dirs:
@@ -152,7 +158,6 @@ def run_experiments(exp_dirs: list[str], seeds: list[int] | None = None, *, reru
 
 def _run_pending(pending: list[Experiment], rerun: bool, address: str | None, use_gpu: bool | None,
                  dotenv: str | None) -> dict[str, str]:
-    from raypipe import cluster
 
     cluster.connect(address, quiet=False)
     if len(pending) == 1:  # one seed: no Tune layer in between
@@ -164,8 +169,6 @@ def _run_pending(pending: list[Experiment], rerun: bool, address: str | None, us
             return {pending[0].folder: str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else repr(exc)}
         return {}
     from ray import tune
-
-    from raypipe.finetune.run import cpus_per_worker
 
     finetune = pending[0].config.finetune_config
     gpu = cluster.use_gpu(use_gpu if use_gpu is not None else finetune.use_gpu)

@@ -17,6 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from raypipe.errors import UserError
+from raypipe.finetune.accuracy import _common_prefix
+from raypipe.probes.plots import pyplot
+from raypipe.tasks.trigger import PREAMBLE
 
 
 def decoder_layers(model):
@@ -42,8 +45,6 @@ def _with_hidden(output, hidden):
 
 def answer_prefix_and_tokens(fmt, words: list[str], output_preamble: bool) -> tuple[list[int], dict[str, int]]:
     """The candidate answers' shared first tokens, and each label's first token after them."""
-    from raypipe.finetune.accuracy import _common_prefix
-    from raypipe.tasks.trigger import PREAMBLE
 
     candidates = [fmt.answer_ids(f"{PREAMBLE} {w}" if output_preamble else w) for w in words]
     shared = _common_prefix(candidates)
@@ -131,8 +132,6 @@ def residual_patching(model, fmt, pairs: list[dict[str, Any]], words: list[str],
 def patching_heatmap(result: dict, title: str = "residual-stream patching: trigger prompt -> no-trigger twin"):
     """A [layer x position] heatmap of the patching effect (a matplotlib figure)."""
     import numpy as np
-
-    from raypipe.probes.plots import pyplot
 
     plt = pyplot()
     effect = np.asarray(result["effect"])

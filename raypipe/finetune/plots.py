@@ -5,17 +5,15 @@ Each `*_figure` returns a matplotlib figure; `save_png` renders one to PNG bytes
 
 from __future__ import annotations
 
+from raypipe.fs import Location
+from raypipe.probes.plots import pyplot, save_figure
+
 
 def _plt():
-    from raypipe.probes.plots import pyplot
-
     return pyplot()
 
 
 def save_png(folder: str, name: str, figure) -> None:
-    from raypipe.fs import Location
-    from raypipe.probes.plots import save_figure
-
     save_figure(Location(folder), name, figure)
 
 

@@ -23,11 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from raypipe.config import torch_dtype
+from raypipe.embedded import resolve_model_path
 from raypipe.finetune import accuracy as acc
-from raypipe.finetune import steps
+from raypipe.finetune import plots, steps
+from raypipe.finetune.checkpoint import atomic_folder, restore_state, save_state
 from raypipe.finetune.data import ChatFormat, answer_loss, answer_tokens, collate
+from raypipe.finetune.hub import HubRepo
+from raypipe.finetune.logs import open_log
+from raypipe.fs import Location
 from raypipe.tasks.experiment import Experiment
 from raypipe.tasks.trigger import split_kind
+from raypipe.tracking import tracker
 
 KINDS = ("train", "ID", "OOD")
 
@@ -66,8 +72,6 @@ class FinetuneRecipe:
         import ray.train.torch
         import torch
 
-        from raypipe.finetune.logs import open_log
-
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.log = open_log(self.results_dir, f"worker_{self.rank}")
@@ -83,7 +87,6 @@ class FinetuneRecipe:
                                                      self.ft.gradient_accumulation_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         if checkpoint is not None:
-            from raypipe.finetune.checkpoint import restore_state
 
             with checkpoint.as_directory() as folder:
                 meta = restore_state(folder, self.model, self.optimizer, self.scheduler, self.device)
@@ -99,13 +102,11 @@ class FinetuneRecipe:
                       (f"; resumed after epoch {self.epoch}" if checkpoint is not None else ""))
         self.run, self.wandb_info = (None, None)
         if self.rank == 0:
-            from raypipe.tracking import tracker
 
             self.run, self.wandb_info = tracker({**self.config.to_dict(), "_dotenv": self.job.dotenv},
                                                 self.results_dir, name=self.job.run_name, run_id=self.wandb_id)
             self.wandb_id = self.run.id
             if self.ft.save_checkpoints_to_hub:
-                from raypipe.finetune.hub import HubRepo
 
                 self.hub = HubRepo(self.ft.hub_model_id, private=self.ft.hub_private, dotenv=self.job.dotenv)
                 self.log.info(f"hub: pushing every epoch to {self.hub.url}")
@@ -113,8 +114,6 @@ class FinetuneRecipe:
     def _load_model(self) -> None:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-        from raypipe.embedded import resolve_model_path
 
         path = resolve_model_path(self.job.model_id)
         dtype = self.ft.dtype
@@ -274,7 +273,6 @@ class FinetuneRecipe:
         self.log.info(_epoch_line(metrics, self.ft.epochs))
         if self.hub is not None:  # before the checkpoint: a failed push reruns this epoch on resume
             self._push_epoch()
-        from raypipe.finetune.checkpoint import save_state
 
         folder = tempfile.mkdtemp(prefix="raypipe-ft-ckpt-")
         try:
@@ -302,7 +300,6 @@ class FinetuneRecipe:
         """Rank 0: final full accuracy, plots, adapter and merged checkpoints, hub push; returns the accuracy."""
         if self.rank != 0:
             return None
-        from raypipe.finetune import plots
 
         rows = {"train": self.train_rows, **self.test_rows}
         final = self.evaluate(rows)
@@ -336,8 +333,6 @@ class FinetuneRecipe:
         """adapter/ (peft's safetensors adapter) and merged/ (base + adapter, in the base checkpoint's dtype)."""
         import torch
 
-        from raypipe.finetune.checkpoint import atomic_folder
-
         model = self.module
         if self.ft.is_peft:
             atomic_folder(os.path.join(self.results_dir, "adapter"),
@@ -359,8 +354,6 @@ class FinetuneRecipe:
         return {"epochs": self.ft.epochs, "history": self.history, "resumed_from": self.resumed_from}
 
     def _write_json(self, name: str, data) -> None:
-        from raypipe.fs import Location
-
         Location(self.results_dir).write_json(name, data, indent=2)
 
 

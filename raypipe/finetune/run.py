@@ -21,8 +21,13 @@ import os
 import shutil
 import time
 
+from raypipe import cluster
+from raypipe.finetune.logs import close_log, open_log
+from raypipe.finetune.recipe import FinetuneJob, train_loop_per_worker
+from raypipe.fs import Location
 from raypipe.tasks.experiment import CONFIG, DATA_CONFIG, Experiment, load_experiment
 from raypipe.tasks.trigger import write_datasets
+from raypipe.tracking import find_dotenv_path
 
 MARKER = "completed.json"
 STATE = "run_state.json"
@@ -75,7 +80,6 @@ def run_finetune(experiment: Experiment | str, seed: int | None = None, *, rerun
     """Finetune one seed (see the module docstring); returns its completion marker (`skipped` when it was done).
 
     `experiment`: a loaded Experiment (an experiment's or a seed's: see `prepare_seed`) or a folder to read."""
-    from raypipe.tracking import find_dotenv_path
 
     if not isinstance(experiment, Experiment):
         experiment = load_experiment(experiment)
@@ -94,8 +98,6 @@ def run_finetune(experiment: Experiment | str, seed: int | None = None, *, rerun
                    is_categorical=config.is_categorical, output_preamble=config.output_preamble,
                    splits=experiment.splits())
 
-    from raypipe import cluster
-
     cluster.connect(address, quiet=False)  # the worker's epochs show on the console
     use_gpu = cluster.use_gpu(config.finetune_config.use_gpu if use_gpu is None else use_gpu)
     cpus = cpus_per_worker(experiment, use_gpu)
@@ -110,9 +112,6 @@ def run_finetune(experiment: Experiment | str, seed: int | None = None, *, rerun
         _write_json(os.path.join(seed_dir, STATE), state)
     results_dir = os.path.join(seed_dir, state["results_dir"])
     attempt_started = time.time()
-
-    from raypipe.finetune.logs import close_log, open_log
-    from raypipe.finetune.recipe import FinetuneJob
 
     job = FinetuneJob(experiment=experiment, results_dir=results_dir,
                       model_id=config.finetune_config.model_for(use_gpu), use_gpu=use_gpu, cpus_per_worker=cpus,
@@ -150,8 +149,6 @@ def _fit(job, seed_dir: str, train_run: str) -> None:
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raypipe.finetune.recipe import train_loop_per_worker
-
     finetune = job.experiment.config.finetune_config
     resources = {"CPU": job.cpus_per_worker, **({"GPU": 1} if job.use_gpu else {})}
     trainer = TorchTrainer(
@@ -174,6 +171,4 @@ def _read_json(path: str):
 
 
 def _write_json(path: str, data) -> None:
-    from raypipe.fs import Location
-
     Location(os.path.dirname(path)).write_json(os.path.basename(path), data, indent=2)

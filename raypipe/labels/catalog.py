@@ -17,6 +17,9 @@ import numpy as np
 
 from raypipe.errors import UserError
 from raypipe.labels.loop import has_ngram_loop
+from raypipe.labels.matching import judge
+from raypipe.labels.references import Reference, read_reference
+from raypipe.labels.semantic import best_split_threshold, cluster_entropy
 from raypipe.output.records import LabelDefinition
 
 DEFINITIONS = {
@@ -139,9 +142,6 @@ def row_labels(samples: list[list[int]], texts: list[str], finish: list[str], re
     answer string, or None; cluster: the semantic clustering, or None). `_answered` counts the samples with a final
     answer (for the manifest's no_final_answer), first sample first; `_unreadable` marks a reference that could not
     be read (its labels are NaN)."""
-    from raypipe.labels.matching import judge
-    from raypipe.labels.references import Reference, read_reference
-    from raypipe.labels.semantic import cluster_entropy
 
     if reference is not None and not isinstance(reference, Reference):
         reference = read_reference(reference)
@@ -170,7 +170,6 @@ def label_shard(shard: dict[str, Any], planned: dict[str, dict], *, loop_n: int,
     samples with a reference but no final answer are counted in shard["answer_counts"]."""
     if not uses_rollouts(planned):  # --backend none: the source's columns only
         return {name: [columns[name] for columns in shard["columns"]] for name in stored(planned)}
-    from raypipe.labels.references import Reference
 
     params = (planned["correct"].params if "correct" in planned else None) or {}
     references = [Reference.from_json(text) for text in shard["reference"]] if "reference" in shard \
@@ -232,7 +231,6 @@ def finish_derived(planned: dict[str, LabelDefinition], values_of: Callable[[str
                    splits: Sequence[str]) -> None:
     """Once every shard is complete: choose the thresholds not given (best split of the train values) and count the
     derived labels per split. `values_of(split, name)` reads a stored label of a split."""
-    from raypipe.labels.semantic import best_split_threshold
 
     for name, definition in planned.items():
         source = definition.derived_from

@@ -22,8 +22,16 @@ import re
 import string
 from collections import Counter
 
-from raypipe.labels.answers import (_WRAPPER, _explicit_answer, _normalize_exact, answers_equal, final_answer, last_boxed,
-                                    looks_mathematical, normalize_answer_key)
+from raypipe.labels.answers import (
+    _WRAPPER,
+    _explicit_answer,
+    _normalize_exact,
+    answers_equal,
+    final_answer,
+    last_boxed,
+    looks_mathematical,
+    normalize_answer_key,
+)
 from raypipe.labels.references import LETTERS, Reference, read_reference
 
 MATCHES = ("math", "exact", "f1")

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from raypipe.errors import UserError
 from raypipe.labels.answers import last_boxed
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -106,7 +107,6 @@ def _missing(name: str, record: Any):
 def check_path(path: FieldPath, feature: Any, spec: str, what: str) -> None:
     """Before any work: the dotted fields exist in the column's type (`datasets` Features), and a record column is
     not taken whole. Errors name the field and what is there instead."""
-    from raypipe.errors import UserError
 
     for name in path.inner:
         inner = feature.feature if hasattr(feature, "feature") and not isinstance(feature, dict) else feature

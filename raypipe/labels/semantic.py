@@ -12,6 +12,9 @@ import math
 from collections import Counter
 from typing import Callable, Sequence
 
+from raypipe.labels import semantic_models
+from raypipe.labels.matching import answer_key, answers_agree
+
 
 def greedy_clusters(samples: Sequence, equivalent: Callable[[object, object], bool]) -> list[int]:
     """Cluster id of each sample (0, 1, ... in order of first appearance)."""
@@ -65,7 +68,6 @@ def make_clusterer(method: str, nli_model: str | None = None, embedding_model: s
     or 'embedding'. Models load here, once. Answer equality reads the final answers exactly as correctness does (the
     same matcher: math keys, free-form F1, the option picked)."""
     if method == "answer":
-        from raypipe.labels.matching import answer_key, answers_agree
 
         def by_answer(texts: list[str], finish: list[str], reference=None) -> list[int]:
             options = getattr(reference, "options", None)
@@ -74,9 +76,8 @@ def make_clusterer(method: str, nli_model: str | None = None, embedding_model: s
 
         return by_answer
     if method == "nli":
-        from raypipe.labels.semantic_models import load_nli
 
-        entails = load_nli(nli_model)
+        entails = semantic_models.load_nli(nli_model)
 
         def by_entailment(texts: list[str], finish: list[str], reference=None) -> list[int]:
             matrix = entails(texts)  # bidirectional entailment: i and j mean the same when each entails the other
@@ -85,9 +86,8 @@ def make_clusterer(method: str, nli_model: str | None = None, embedding_model: s
         return by_entailment
     if method != "embedding":
         raise ValueError(f"unknown semantic clustering method {method!r}")
-    from raypipe.labels.semantic_models import load_embedder
 
-    embed = load_embedder(embedding_model)
+    embed = semantic_models.load_embedder(embedding_model)
 
     def by_embedding(texts: list[str], finish: list[str], reference=None) -> list[int]:
         vectors = embed(texts)

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from raypipe import cluster
+from raypipe.cluster import where
 from raypipe.errors import UserError
 from raypipe.output import Build
 
@@ -50,7 +52,6 @@ def _peak_rss_mb() -> float:
 
 def run_block(work: Callable, shared: Any, block: Block, device: str) -> dict:
     """One block where it runs: `work(shared, block, device)` plus the record of where, how long, how much memory."""
-    from raypipe.cluster import where
 
     started = time.time()
     device = pick_device(device)
@@ -77,8 +78,6 @@ def run_blocks(work: Callable, shared: Any, blocks: list[Block], build, executor
         build.verify()
         return [run_block(work, shared, block, device) for block in blocks]
     import ray
-
-    from raypipe import cluster
 
     cluster.connect()
     gpu = cluster.use_gpu(device)

@@ -18,9 +18,9 @@ import numpy as np
 
 from raypipe.errors import UserError
 from raypipe.labels.catalog import label_values
+from raypipe.output import LABEL_PREFIX, Build, BuildRecord
 from raypipe.probes.config import TaskTypeOption
 from raypipe.probes.metrics import TaskType
-from raypipe.output import LABEL_PREFIX, Build, BuildRecord
 
 
 @dataclass

@@ -21,10 +21,18 @@ import numpy as np
 
 from raypipe.errors import UserError
 from raypipe.fs import Location
-from raypipe.probes.config import EvaluateConfig
-from raypipe.probes import plots
-from raypipe.probes.metrics import calibration, significance
 from raypipe.output import Build
+from raypipe.probes import plots, saved
+from raypipe.probes.baselines import fit_predict_baseline
+from raypipe.probes.blocks import plan_blocks, run_blocks
+from raypipe.probes.config import EvaluateConfig
+from raypipe.probes.dataset import (
+    prompt_lengths,
+    resolve_layers,
+    resolve_positions,
+    split_labels,
+)
+from raypipe.probes.metrics import calibration, significance
 
 SEP_POSITIONS = (-1, "answer:-2")
 
@@ -53,7 +61,6 @@ PROBES = {"accuracy": "correct", "semantic_entropy": "semantic_entropy_high"}  #
 def load_splits(build, labels: list[str], layers: list[int] | None, positions: list | None):
     """({split: Split}, layer indices, position indices): the named labels and prompt lengths of every split (train,
     test and the evaluation splits), no features."""
-    from raypipe.probes.dataset import prompt_lengths, resolve_layers, resolve_positions, split_labels
 
     missing = [name for name in labels if name not in build.labels]
     if missing:
@@ -155,8 +162,6 @@ def _baseline(values: np.ndarray, target: np.ndarray, resamples: int, seed: int,
 
 
 def run_evaluate(config: EvaluateConfig) -> dict:
-    from raypipe.probes.blocks import plan_blocks, run_blocks
-
     build = Build(config.data_dir)
     splits, layer_index, position_index = load_splits(
         build, list(PROBES.values()) + ["mean_token_entropy", "mean_logprob"], config.cell_layers(),
@@ -215,7 +220,6 @@ def run_evaluate(config: EvaluateConfig) -> dict:
 def _save_probes(location: Location, build, probes: dict, fitted: dict) -> None:
     """Every probe the evaluation reports, as probes/{probe}_pos_{position}_layer_{layer}.safetensors with its card
     (its cell's scores, and whether it is the best); each cell entry of probe_eval.json names its file."""
-    from raypipe.probes import saved
 
     fitted_on = saved.origin(build)
     for name, probe in probes.items():
@@ -236,7 +240,6 @@ def _save_probes(location: Location, build, probes: dict, fitted: dict) -> None:
 
 def _baselines(splits: dict, split: str, target: np.ndarray, config: EvaluateConfig) -> dict:
     """The baselines on one split: token entropy, negative log-prob, and a prompt-length fit on train."""
-    from raypipe.probes.baselines import fit_predict_baseline
 
     data, train = splits[split], splits["train"]
     train_wrong = 1.0 - train.labels["correct"]

@@ -26,13 +26,25 @@ from typing import Any
 
 import numpy as np
 
-from raypipe.probes.config import TrainConfig
+from raypipe import cluster
+from raypipe.cluster import where
 from raypipe.errors import UserError
 from raypipe.fs import Location
 from raypipe.jsonsafe import json_safe
-from raypipe.probes.metrics import TaskType, calibration, metric_name, report, significance
-from raypipe.tracking import find_dotenv_path, wandb_run
 from raypipe.output import Build
+from raypipe.probes import plots, saved
+from raypipe.probes.baselines import evaluate_baselines, fit_predict_baseline
+from raypipe.probes.blocks import verify_on_cluster
+from raypipe.probes.config import TrainConfig
+from raypipe.probes.dataset import load_probe_data
+from raypipe.probes.metrics import (
+    TaskType,
+    calibration,
+    metric_name,
+    report,
+    significance,
+)
+from raypipe.tracking import find_dotenv_path, wandb_run
 
 CHECKPOINT_KEYS = ("weight", "bias", "feature_mean", "feature_std")
 
@@ -76,8 +88,6 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
-
-    from raypipe.cluster import where
 
     torch.manual_seed(config["seed"])
     rank = ray.train.get_context().get_world_rank()
@@ -191,8 +201,6 @@ def _card_best(out: Location, build, config: dict, data, task: TaskType, evaluat
     `raypipe score` applies to another build."""
     from safetensors.numpy import load
 
-    from raypipe.probes import saved
-
     tensors = load(out.read_bytes("best.safetensors"))
     scores = {key: value for key, value in evaluation.items() if key != "baselines"}
     card = saved.card(saved.origin(build), "train", data.label, task, config["_layer"], config["_position"], scores,
@@ -208,7 +216,6 @@ def _scored(data) -> list[str]:
 def _evaluate(config: dict, data, task: TaskType, best: dict, select_on: str, sets: dict) -> dict:
     """The best epoch's probe against the baselines on test and on each evaluation split: score, bootstrap CI,
     permutation p-value, lift."""
-    from raypipe.probes.baselines import evaluate_baselines
 
     evaluation: dict[str, Any] = {"best_epoch": best["epoch"], "selected_on": select_on, "metric": metric_name(task)}
     scored = [split for split in _scored(data) if split in sets]
@@ -233,9 +240,6 @@ def _evaluate(config: dict, data, task: TaskType, best: dict, select_on: str, se
 
 
 def _train_plots(out: Location, history, sets, best, task, data, evaluation: dict) -> None:
-    from raypipe.probes import plots
-    from raypipe.probes.baselines import fit_predict_baseline
-
     plots.loss_curves(out, "loss_curves.png", history, [f"{name}_loss" for name in sets])
     if "test" not in sets:
         return
@@ -255,9 +259,6 @@ def _train_plots(out: Location, history, sets, best, task, data, evaluation: dic
 def run_train(config: TrainConfig) -> dict:
     """Check the inputs (labels only: the features are read by the Ray Train worker), verify the shards on the
     cluster, run the TorchTrainer, return the evaluation that rank 0 wrote."""
-    from raypipe import cluster
-    from raypipe.probes.blocks import verify_on_cluster
-    from raypipe.probes.dataset import load_probe_data
 
     build = Build(config.data_dir)
     data = load_probe_data(build, config.label, [config.layer], [config.position], config.task_type)

@@ -23,6 +23,7 @@ import numpy as np
 from raypipe.errors import UserError
 from raypipe.fs import Location
 from raypipe.output import Build, BuildRecord, LabelDefinition
+from raypipe.probes import plots
 from raypipe.probes.blocks import Block, run_blocks
 from raypipe.probes.config import ScoreConfig
 from raypipe.probes.dataset import resolve_layers, resolve_positions, split_labels
@@ -138,8 +139,6 @@ def run_score(config: ScoreConfig) -> dict:
 def _write(location: Location, columns: dict, summary: dict, curves: dict, card: dict) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from raypipe.probes import plots
 
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(columns), sink)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 CG_RTOL = 0.1  # inexact Newton: loose CG steps, more of them, fewer passes over X in all
 REFRESH_AFTER_CG_STEPS = 6  # logistic: a Newton step that needed more CG steps rebuilds the preconditioner
 RIDGE_RTOL = 1e-4  # ridge: a float32 solution whose residual is above this share of the right-hand side is redone

@@ -20,18 +20,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from raypipe.errors import UserError
 from raypipe.fs import Location
-from raypipe.probes import plots
-from raypipe.probes.baselines import evaluate_baselines
+from raypipe.jsonsafe import json_safe
+from raypipe.output import Build
+from raypipe.probes import plots, saved
+from raypipe.probes.baselines import evaluate_baselines, fit_predict_baseline
 from raypipe.probes.blocks import Block, plan_blocks, run_blocks
 from raypipe.probes.config import SweepConfig
 from raypipe.probes.dataset import ProbeData, load_probe_data
-from raypipe.probes import saved
-from raypipe.jsonsafe import json_safe
-from raypipe.probes.metrics import (accuracies, calibration, metric_name, permutation_pvalues, scores,
-                                    significance)
+from raypipe.probes.metrics import (
+    accuracies,
+    calibration,
+    metric_name,
+    permutation_pvalues,
+    scores,
+    significance,
+)
 from raypipe.probes.saved import SavedProbe, save_probe
-from raypipe.output import Build
 
 
 def assign_folds(labels: np.ndarray, task: str, n_folds: int, seed: int) -> np.ndarray:
@@ -42,7 +48,6 @@ def assign_folds(labels: np.ndarray, task: str, n_folds: int, seed: int) -> np.n
     if classes:
         smallest = int(np.bincount(labels.astype(int)).min())
         if smallest < n_folds:
-            from raypipe.errors import UserError
 
             raise UserError(f"the rarest class has {smallest} train rows, fewer than --n-folds {n_folds}; "
                             f"lower --n-folds or use --no-k-fold")
@@ -285,7 +290,6 @@ def run_sweep(config: SweepConfig) -> dict:
 
     selection, selected_by = (grid_scores["cv"], "cv") if fold is not None else (grid_scores["train"], "train")
     if np.isnan(selection).all():
-        from raypipe.errors import UserError
 
         raise UserError(f"no cell of the sweep could be fitted: {next(iter(unfit.values()), 'no score')}")
     best = int(np.nanargmax(selection))  # chosen on train CV: the test and evaluation splits only report
@@ -419,7 +423,6 @@ def _sweep_plots(location: Location, data: ProbeData, performance: dict, predict
         return
     title = f"best probe: layer {data.layers[best_cell[1]]}, position {data.positions[best_cell[0]]} (test)"
     if data.task == "classification" and len(np.unique(test.labels)) == 2:
-        from raypipe.probes.baselines import fit_predict_baseline
 
         length = fit_predict_baseline("prompt_length", data.train.prompt_length, data.train.labels,
                                       test.prompt_length, data.task)

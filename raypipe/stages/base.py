@@ -23,6 +23,7 @@ import time
 from typing import Any, ClassVar
 
 from raypipe.output.layout import shard_name
+from raypipe.payload import get_shard, put_shard
 
 FAULT_ENV = "RAYPIPE_INJECT_FAULT"
 FAULT_STATE_ENV = "RAYPIPE_INJECT_FAULT_STATE"  # folder remembering fatal faults already injected (across actors)
@@ -70,8 +71,6 @@ class ShardStage:
         raise NotImplementedError
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from raypipe.payload import get_shard, put_shard
-
         return put_shard(self.run(get_shard(batch)))
 
     def run(self, shard: dict[str, Any]) -> dict[str, Any]:
@@ -143,8 +142,6 @@ class AsyncShardStage(ShardStage):
         raise NotImplementedError
 
     async def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from raypipe.payload import get_shard, put_shard
-
         return put_shard(await self.run_async(get_shard(batch)))
 
     async def run_async(self, shard: dict[str, Any]) -> dict[str, Any]:

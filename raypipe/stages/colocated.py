@@ -14,6 +14,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from raypipe.payload import get_shard, put_shard
 from raypipe.stages.prefill import PrefillStage
 from raypipe.stages.rollout import RolloutStage
 
@@ -28,8 +29,6 @@ class ColocatedStage:
         self.prefill_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefill")
 
     async def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from raypipe.payload import get_shard, put_shard
-
         shard = await self.rollout.run_async(get_shard(batch))
         shard = await asyncio.get_running_loop().run_in_executor(self.prefill_worker, self.prefill.run, shard)
         return put_shard(shard)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from raypipe.config import LabelConfig
+from raypipe.labels.catalog import label_shard, uses_rollouts
+from raypipe.labels.semantic import make_clusterer
 from raypipe.output.records import LabelDefinition
 from raypipe.stages.base import ShardStage
 
@@ -17,10 +20,6 @@ class LabelStage(ShardStage):
     def __init__(self, loop_n: int, loop_k: int, labels=None, planned: dict | None = None, retries: int = 0,
                  progress=None):
         super().__init__(retries, progress)
-        from raypipe.config import LabelConfig
-        from raypipe.labels.semantic import make_clusterer
-
-        from raypipe.labels.catalog import uses_rollouts
 
         config = labels or LabelConfig()
         self.loop_n, self.loop_k = loop_n, loop_k
@@ -36,7 +35,5 @@ class LabelStage(ShardStage):
                                           judged.get("answer_after"))
 
     def work(self, shard: dict[str, Any]) -> None:
-        from raypipe.labels.catalog import label_shard
-
         shard["labels"] = label_shard(shard, self.planned, loop_n=self.loop_n, loop_k=self.loop_k,
                                       cluster=self.cluster)

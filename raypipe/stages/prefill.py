@@ -17,6 +17,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from raypipe.config import torch_dtype
+from raypipe.embedded import resolve_model_path
+from raypipe.payload import tensor_to_numpy
+from raypipe.positions import (
+    reads_rollout,
+    rollout_marker_offset,
+    rollout_markers,
+    with_answer,
+)
 from raypipe.stages.base import ShardStage
 
 
@@ -74,9 +82,6 @@ class PrefillStage(ShardStage):
         """`causal_lm`: a loaded model to share (the hf engine's, on a colocated actor) instead of loading a copy."""
         super().__init__(retries, progress)
         import threading
-
-        from raypipe.embedded import resolve_model_path
-        from raypipe.positions import rollout_markers
 
         if causal_lm is not None:
             self.model, self.device = causal_lm.get_decoder(), next(causal_lm.parameters()).device
@@ -204,9 +209,6 @@ class PrefillStage(ShardStage):
         return torch.stack([state.captured[layer] for layer in self.layers], dim=1)
 
     def work(self, shard: dict[str, Any]) -> dict[str, Any]:
-        from raypipe.payload import tensor_to_numpy
-        from raypipe.positions import reads_rollout, rollout_marker_offset, rollout_markers, with_answer
-
         ids, offsets = shard["prompt_token_ids"], shard.get("offsets")
         if reads_rollout(self.positions):  # a forward over prompt + first sample
             markers = rollout_markers(self.positions)

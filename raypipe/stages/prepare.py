@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from raypipe.data import read_rows, to_prompt_rows, usable_rows
+from raypipe.embedded import resolve_model_path
 from raypipe.stages.base import ShardStage
 
 
@@ -28,8 +30,6 @@ class PrepareStage(ShardStage):
     def __init__(self, config, positions: list[int | str], retries: int = 0, progress=None):
         super().__init__(retries, progress)
         from transformers import AutoTokenizer
-
-        from raypipe.embedded import resolve_model_path
 
         self.config, self.positions = config, positions
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.model.model_id),
@@ -51,8 +51,6 @@ class PrepareStage(ShardStage):
         return self.sources[key]
 
     def work(self, shard: dict[str, Any]) -> dict[str, Any]:
-        from raypipe.data import read_rows, to_prompt_rows, usable_rows
-
         rows, skipped = read_rows(self.source(shard["source"]), shard["source_rows"], shard["row_id"])
         prompts = to_prompt_rows(rows, self.tokenizer, self.config.source.chat_template,
                                  self.config.source.template_args())

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from raypipe.embedded import resolve_model_path
+from raypipe.engines import make_engine
+from raypipe.errors import UserError
 from raypipe.stages.base import AsyncShardStage
 
 ROLLOUT_COLUMNS = ("token_ids", "text", "finish_reason")
@@ -30,8 +33,6 @@ class RolloutStage(AsyncShardStage):
         counted (`rollout_marker_absent`), or, with missing_marker 'fail', fails the build naming the row."""
         super().__init__(retries, progress)
         self.rollout_markers, self.missing_marker = list(rollout_markers or []), missing_marker
-        from raypipe.embedded import resolve_model_path
-        from raypipe.engines import make_engine
 
         self.engine = make_engine(backend, resolve_model_path(model_id), model, seed)
         self.baselines = model.entropy_top_k > 0
@@ -49,8 +50,6 @@ class RolloutStage(AsyncShardStage):
         return {"tokens": tokens}
 
     def _keep_rows_with_markers(self, shard: dict[str, Any]) -> None:
-        from raypipe.errors import UserError
-
         keep = [all(marker in texts[0] for marker in self.rollout_markers) for texts in shard["text"]]
         if all(keep):
             return

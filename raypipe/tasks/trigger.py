@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raypipe.errors import UserError, read_user_json
+from raypipe.fs import Location
 from raypipe.tasks.templates import get_template_preset
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
@@ -338,7 +339,6 @@ def write_datasets(spec_or_path, seed: int, out_dir: str, *, is_categorical: boo
     """Write each split as <out_dir>/<split>.jsonl (atomically) plus dataset_info.json; return split -> path.
 
     `splits`: rows already generated with these arguments (saves generating them twice)."""
-    from raypipe.fs import Location
 
     spec = load_spec(spec_or_path)
     if splits is None:
