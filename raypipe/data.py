@@ -15,13 +15,7 @@ from typing import Any
 
 from raypipe.config import SourceConfig
 from raypipe.errors import UserError
-from raypipe.labels.references import (
-    FieldPath,
-    Reference,
-    check_path,
-    display,
-    read_reference,
-)
+from raypipe.labels.references import FieldPath, Reference, check_path, display, read_reference
 from raypipe.positions import row_offsets
 from raypipe.prompt_template import PromptTemplate
 from raypipe.sources import DEFAULT_SPEC, PREFIXES, kind_of, load_split

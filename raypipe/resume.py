@@ -11,12 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from raypipe import __version__
-from raypipe.config import (
-    BuildConfig,
-    declared_defaults,
-    recorded_config,
-    runtime_fields,
-)
+from raypipe.config import BuildConfig, declared_defaults, recorded_config, runtime_fields
 from raypipe.errors import UserError
 from raypipe.fs import Location
 from raypipe.output import MANIFEST, BuildManifest, BuildRecord, read_manifest

@@ -16,8 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from raypipe.labels.answers import (answer_match_default, answers_equal, extract_answer, final_answer,
-                                    final_answer_key, last_boxed, normalize_answer)
+from raypipe.labels.answers import (
+    answer_match_default,
+    answers_equal,
+    extract_answer,
+    final_answer,
+    final_answer_key,
+    last_boxed,
+    normalize_answer,
+)
 from raypipe.labels.matching import is_correct
 from raypipe.labels.semantic import answer_clusters, best_split_threshold, cluster_entropy, greedy_clusters
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from raypipe.errors import UserError
-from raypipe.probes.evaluate import EvaluateConfig, run_evaluate
 from raypipe.output import FORMAT
+from raypipe.probes.evaluate import EvaluateConfig, run_evaluate
 from tests.synthetic import write_manifest, write_shard
 
 POSITIONS = [-1, "answer:-2"]

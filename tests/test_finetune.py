@@ -11,7 +11,6 @@ import pytest
 from raypipe.errors import UserError
 from raypipe.tasks.experiment import ExperimentConfig, FinetuneConfig, load_experiment, read_config
 
-
 # --- config.json -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("data, message", [

@@ -7,7 +7,6 @@ import pytest
 
 from tests.test_finetune import tiny_llama  # noqa: F401 - the shared fixture: 3 layers, random weights
 
-
 # A hand-made pair: the source (a "trigger prompt") has three tokens (5, 9, 3) the target (its "twin") lacks; the
 # text after them (7, 8, 2) is shared. Aligned from the end over W = 4 columns, target [1, 7, 8, 2] receives source
 # [3, 7, 8, 2]: the same tokens over the shared suffix.

@@ -112,8 +112,8 @@ def test_rows_and_samples_without_a_final_answer_are_counted_per_shard():
 import numpy as np  # noqa: E402
 
 from raypipe.config import LabelConfig, apply_overrides, get_preset  # noqa: E402
-from raypipe.output import LabelDefinition  # noqa: E402
 from raypipe.labels import catalog  # noqa: E402
+from raypipe.output import LabelDefinition  # noqa: E402
 
 
 def test_semantic_entropy_high_is_planned_as_derived_not_stored():

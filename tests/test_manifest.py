@@ -9,9 +9,9 @@ import torch
 
 from raypipe.config import BuildConfig, get_preset
 from raypipe.errors import UserError
-from raypipe.plan import BuildInputs, ShardPlan
 from raypipe.fs import Location
 from raypipe.output import LabelDefinition, ShardRecord, write_shard
+from raypipe.plan import BuildInputs, ShardPlan
 from raypipe.resume import open_build
 
 

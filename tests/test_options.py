@@ -137,16 +137,15 @@ def test_the_docs_table_lists_every_option_with_flags_type_default_and_help(comm
 
 def test_a_new_field_is_an_option_a_key_and_a_table_row_with_nothing_else_to_edit(monkeypatch, tmp_path):
     """What adding a knob takes: the field with its help. Its flag, file key and docs row follow."""
-    from typer.testing import CliRunner
-
     import typer
+    from typer.testing import CliRunner
 
     @dataclasses.dataclass
     class WithSplits(options.EvaluateConfig):
         eval_splits: list[str] = knob(help="Named evaluation splits to score.", factory=list, flags=("--eval-split",))
 
-    monkeypatch.setitem(options.COMMANDS, "evaluate", options.Command(WithSplits))
-    options.options.cache_clear()
+    monkeypatch.setitem(options.COMMANDS, "evaluate", options.Command("evaluate", WithSplits))
+    options.fields_of.cache_clear()
     try:
         app = typer.Typer()
         app.command()(options.typer_command("evaluate", lambda config: print(config.eval_splits)))
@@ -156,7 +155,7 @@ def test_a_new_field_is_an_option_a_key_and_a_table_row_with_nothing_else_to_edi
             .eval_splits == ["a"]
         assert "| `eval_splits` | `--eval-split` | list of str |" in options.options_table("evaluate")
     finally:
-        options.options.cache_clear()
+        options.fields_of.cache_clear()
 
 
 def test_numbers_as_yaml_writes_them_become_the_fields_types(tmp_path):
@@ -170,7 +169,9 @@ def test_numbers_as_yaml_writes_them_become_the_fields_types(tmp_path):
 def test_a_field_added_later_reads_as_its_default_in_an_older_config():
     """What a manifest written before a field existed lacks: its key, taken as the declared default (so that the
     resume check and `status --config` treat an older build as built with it)."""
-    defaults = options.field_defaults("build")
+    from raypipe.config import declared_defaults
+
+    defaults = declared_defaults(BuildConfig)
     assert defaults["source.eval_splits"] == [] and defaults["shard_size"] == 64 and defaults["model.vllm.tp"] == 1
     old = BuildConfig(out_dir="o", model=get_preset("qwq_32b")).to_dict()
     del old["source"]["eval_splits"]

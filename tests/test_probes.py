@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from raypipe.probes.config import SweepConfig
 from raypipe.errors import UserError
 from raypipe.probes import metrics
+from raypipe.probes.config import SweepConfig
 from raypipe.probes.solvers import fit_logistic, fit_multinomial, fit_ridge
 from raypipe.probes.sweep import assign_folds, fit_design, run_sweep
 from tests.synthetic import planted_features, write_planted_build
@@ -217,8 +217,8 @@ def test_bad_probe_inputs_name_the_problem(tmp_path, change, message):
 
 
 def test_probes_read_prompt_lengths_from_the_shards_not_the_sidecars(tmp_path):
-    from raypipe.probes.dataset import load_probe_data
     from raypipe.output import load_split
+    from raypipe.probes.dataset import load_probe_data
 
     write_planted_build(tmp_path / "data")
     manifest_path = tmp_path / "data" / "manifest.json"

@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from raypipe.errors import UserError
+from raypipe.output import FORMAT, load_rollouts, load_split
 from raypipe.resume import config_differences
-from raypipe.output import FORMAT
 from tests.synthetic import write_manifest, write_shard
-from raypipe.output import load_rollouts, load_split
 
 
 def _shard(split, index, row_ids, dtype=torch.float32):

@@ -9,8 +9,16 @@ import pytest
 
 from raypipe.errors import UserError
 from raypipe.tasks.templates import PROMPT_TEMPLATE_PRESETS, get_template_preset, list_template_presets
-from raypipe.tasks.trigger import (FLIP_RULES, PREAMBLE, TaskSpec, generate_rows, load_spec, split_kind,
-                                   twin_prompt, write_datasets)
+from raypipe.tasks.trigger import (
+    FLIP_RULES,
+    PREAMBLE,
+    TaskSpec,
+    generate_rows,
+    load_spec,
+    split_kind,
+    twin_prompt,
+    write_datasets,
+)
 
 LABELS = {"Q1": "red", "Q2": "green", "Q3": "blue", "Q4": "orange"}
 SPEC = {

@@ -21,13 +21,7 @@ from pathlib import Path
 from raypipe import cluster
 from raypipe.errors import UserError
 from raypipe.finetune import plots
-from raypipe.finetune.run import (
-    MARKER,
-    cpus_per_worker,
-    prepare_seed,
-    read_marker,
-    run_finetune,
-)
+from raypipe.finetune.run import MARKER, cpus_per_worker, prepare_seed, read_marker, run_finetune
 from raypipe.fs import Location
 from raypipe.tasks.experiment import CONFIG, DATA_CONFIG, Experiment, load_experiment
 from raypipe.tracking import find_dotenv_path

@@ -8,13 +8,7 @@ half-written shard is never read. Files no complete shard names are removed when
 """
 
 from raypipe.output.layout import FEATURES, LABEL_PREFIX, MANIFEST, shard_name
-from raypipe.output.manifest import (
-                                    BuildManifest,
-                                    read_manifest,
-                                    read_manifest_json,
-                                    verify_shard,
-                                    write_manifest,
-)
+from raypipe.output.manifest import BuildManifest, read_manifest, read_manifest_json, verify_shard, write_manifest
 from raypipe.output.reader import Build, load_rollouts, load_split
 from raypipe.output.records import (
                                     FORMAT,

@@ -14,15 +14,7 @@ import time
 from raypipe.errors import UserError
 from raypipe.fs import Location
 from raypipe.output.layout import MANIFEST, is_shard_file, is_temporary
-from raypipe.output.records import (
-    COMPLETE,
-    FAILED,
-    FORMAT,
-    PENDING,
-    BuildRecord,
-    ShardRecord,
-    SplitRecord,
-)
+from raypipe.output.records import COMPLETE, FAILED, FORMAT, PENDING, BuildRecord, ShardRecord, SplitRecord
 
 KEPT = {"prompt_truncated"}  # counted in skipped_rows, yet the row is kept (its prompt's end)
 

@@ -26,12 +26,7 @@ from raypipe.probes import plots, saved
 from raypipe.probes.baselines import fit_predict_baseline
 from raypipe.probes.blocks import plan_blocks, run_blocks
 from raypipe.probes.config import EvaluateConfig
-from raypipe.probes.dataset import (
-    prompt_lengths,
-    resolve_layers,
-    resolve_positions,
-    split_labels,
-)
+from raypipe.probes.dataset import prompt_lengths, resolve_layers, resolve_positions, split_labels
 from raypipe.probes.metrics import calibration, significance
 
 SEP_POSITIONS = (-1, "answer:-2")

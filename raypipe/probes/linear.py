@@ -37,13 +37,7 @@ from raypipe.probes.baselines import evaluate_baselines, fit_predict_baseline
 from raypipe.probes.blocks import verify_on_cluster
 from raypipe.probes.config import TrainConfig
 from raypipe.probes.dataset import load_probe_data
-from raypipe.probes.metrics import (
-    TaskType,
-    calibration,
-    metric_name,
-    report,
-    significance,
-)
+from raypipe.probes.metrics import TaskType, calibration, metric_name, report, significance
 from raypipe.tracking import find_dotenv_path, wandb_run
 
 CHECKPOINT_KEYS = ("weight", "bias", "feature_mean", "feature_std")

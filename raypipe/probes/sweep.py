@@ -29,14 +29,7 @@ from raypipe.probes.baselines import evaluate_baselines, fit_predict_baseline
 from raypipe.probes.blocks import Block, plan_blocks, run_blocks
 from raypipe.probes.config import SweepConfig
 from raypipe.probes.dataset import ProbeData, load_probe_data
-from raypipe.probes.metrics import (
-    accuracies,
-    calibration,
-    metric_name,
-    permutation_pvalues,
-    scores,
-    significance,
-)
+from raypipe.probes.metrics import accuracies, calibration, metric_name, permutation_pvalues, scores, significance
 from raypipe.probes.saved import SavedProbe, save_probe
 
 

@@ -8,13 +8,7 @@ import functools
 import os
 
 from raypipe.errors import UserError
-from raypipe.tasks.experiment import (
-    CONFIG,
-    DATA_CONFIG,
-    Experiment,
-    ExperimentConfig,
-    load_experiment,
-)
+from raypipe.tasks.experiment import CONFIG, DATA_CONFIG, Experiment, ExperimentConfig, load_experiment
 from raypipe.tasks.trigger import load_spec, split_kind, twin_prompt
 
 PREFIX = "trigger"  # trigger:EXP_DIR

@@ -19,12 +19,7 @@ from typing import Any
 from raypipe.config import torch_dtype
 from raypipe.embedded import resolve_model_path
 from raypipe.payload import tensor_to_numpy
-from raypipe.positions import (
-    reads_rollout,
-    rollout_marker_offset,
-    rollout_markers,
-    with_answer,
-)
+from raypipe.positions import reads_rollout, rollout_marker_offset, rollout_markers, with_answer
 from raypipe.stages.base import ShardStage
 
 

@@ -1,12 +1,12 @@
 """An experiment folder's format, read once: config.json (`ExperimentConfig` with its `FinetuneConfig`, knob
-dataclasses declared in raypipe.finetune.config) and data_config.json (`trigger.TaskSpec`), validated together into one
+dataclasses declared in raypipe.tasks.config) and data_config.json (`trigger.TaskSpec`), validated together into one
 frozen `Experiment`.
 
-config.json is read as a build's config file is (raypipe.options): an unknown key names the closest known one, a
+config.json is read as a build's config file is (raypipe.knobs): an unknown key names the closest known one, a
 wrong type is one line naming the key, and keys starting with '_' are comments. A loaded experiment travels as it is:
 to a Ray Tune trial, to every Ray Train worker, to the `trigger:` build source. Checks that need both files (a proxy
 that flips nothing in the config's answer mode) run when the two meet, in `Experiment`. This module sits below the
-generator's users and the finetune runner: of the finetune package it imports only the config dataclasses.
+generator's users and the finetune runner.
 """
 
 from __future__ import annotations
@@ -18,18 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from raypipe.errors import UserError, read_user_json
-from raypipe.finetune.config import ExperimentConfig, FinetuneConfig
-from raypipe.options import from_mapping
+from raypipe.knobs import Command, from_mapping
+from raypipe.tasks.config import ExperimentConfig, FinetuneConfig
 from raypipe.tasks.trigger import TaskSpec, generate_rows
 
 CONFIG, DATA_CONFIG = "config.json", "data_config.json"
+CONFIG_FILE = Command("experiment", ExperimentConfig, title="config.json (an experiment folder's)", file=True)
 __all__ = ["CONFIG", "DATA_CONFIG", "Experiment", "ExperimentConfig", "FinetuneConfig", "load_experiment",
            "read_config"]
 
 
 def read_config(data: Any, where: str = CONFIG) -> ExperimentConfig:
     """config.json's parsed JSON as an ExperimentConfig; a mistake is one line naming the file and the key."""
-    return from_mapping("experiment", _without_comments(data), where)
+    return from_mapping(CONFIG_FILE, _without_comments(data), where)
 
 
 def _without_comments(data: Any) -> Any:

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from raypipe.output import load_rollouts, load_split
-from tests.conftest import manifest_json
-from tests.conftest import run_cli
+from tests.conftest import manifest_json, run_cli
 
 # A small build on the embedded default: 20 built-in prompts, 3 layers x 2 positions, shards of 6 rows; 128 tokens
 # make two of the 18 train trajectories loop, so probes have both classes.

@@ -12,9 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import manifest_json
 from raypipe.output import load_split
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, manifest_json, run_cli
 
 
 @contextlib.contextmanager

@@ -6,9 +6,8 @@ import re
 import torch
 
 from raypipe.labels.loop import has_ngram_loop
-from tests.conftest import manifest_json
 from raypipe.output import load_rollouts, load_split
-from tests.conftest import run_cli
+from tests.conftest import manifest_json, run_cli
 from tests.integration.conftest import BUILD_ARGS
 
 # A line Ray itself logged at ERROR or WARNING: its C++ core ('[2026-... E 123 123] file.cc:...'), its Python

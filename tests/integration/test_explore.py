@@ -9,8 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import manifest_json
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, manifest_json, run_cli
 
 MARIMO = str(Path(sys.executable).parent / "marimo")
 

@@ -5,9 +5,8 @@ shards found on resume: tests/test_manifest.py.)"""
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.conftest import manifest_json
 from raypipe.output import load_split
-from tests.conftest import run_cli
+from tests.conftest import manifest_json, run_cli
 
 
 def test_failing_shards_are_retried_reported_and_rerun_alone_and_bad_rows_counted(tmp_path, shared_ray,

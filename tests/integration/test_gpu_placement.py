@@ -16,8 +16,12 @@ import re
 import pytest
 
 from tests.conftest import manifest_json
-from tests.integration.simulation import (assert_streamed, kill_after_first_shard_then_resume, logical_gpu_env,
-                                         ray_worker_errors)
+from tests.integration.simulation import (
+    assert_streamed,
+    kill_after_first_shard_then_resume,
+    logical_gpu_env,
+    ray_worker_errors,
+)
 
 SMALL = ["--preset", "smollm2_135m", "--max-tokens", "24", "--layers", "-1", "--positions", "-1"]
 

@@ -117,10 +117,10 @@ def test_one_gpu_job_streams_survives_a_stop_and_resubmits_to_the_local_result(r
     import numpy as np
     import pyarrow.parquet as pq
 
+    from raypipe.output import Build
     from raypipe.probes.config import SweepConfig
     from raypipe.probes.saved import load_saved_probe
     from raypipe.probes.sweep import run_sweep
-    from raypipe.output import Build
 
     run_sweep(SweepConfig(data_dir=str(local_build), out_dir=str(tmp_path / "sweep"), executor="local", n_folds=2,
                           resamples=50))

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from raypipe.probes.dataset import load_probe_data
-from tests.conftest import manifest_json
 from raypipe.output import Build, load_rollouts, load_split
-from tests.conftest import run_cli
+from raypipe.probes.dataset import load_probe_data
+from tests.conftest import manifest_json, run_cli
 from tests.public_datasets import write_hub_layout
 
 K = 4

@@ -60,9 +60,9 @@ def _hard_cells(build_dir, layers):
 
 @pytest.mark.parametrize("label", ["answer_value", "sharing"])
 def test_the_sweep_fits_every_cell_of_real_late_layers_as_sklearn_does(real_build, tmp_path, label):
+    from scipy.stats import spearmanr
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.metrics import roc_auc_score
-    from scipy.stats import spearmanr
 
     from raypipe.probes.config import SweepConfig
     from raypipe.probes.dataset import load_probe_data

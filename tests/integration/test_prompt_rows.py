@@ -5,8 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raypipe.config import BuildConfig, SourceConfig, apply_overrides, get_preset
-from raypipe.data import PromptRow, to_prompt_rows
-from raypipe.data import usable_rows
+from raypipe.data import PromptRow, to_prompt_rows, usable_rows
 from tests.conftest import assert_one_line_error, no_complete_shard, run_cli
 
 

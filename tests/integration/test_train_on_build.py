@@ -2,8 +2,7 @@
 
 import json
 
-from tests.conftest import manifest_json
-from tests.conftest import run_cli
+from tests.conftest import manifest_json, run_cli
 
 
 def test_train_and_sweep_run_on_an_embedded_build(local_build, tmp_path, shared_ray):
