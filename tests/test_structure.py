@@ -22,24 +22,22 @@ def _modules() -> dict[str, Path]:
     return modules
 
 
+def _imported(node: ast.AST, modules: dict[str, Path]) -> list[str]:
+    """The modules an import statement imports (none for any other node)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        # `from raypipe.labels import catalog` imports the submodule raypipe.labels.catalog
+        return [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                for alias in node.names]
+    return []
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> raypipe modules it imports anywhere in its body (top level or inside functions)."""
     modules = _modules()
-    graph = {}
-    for name, path in modules.items():
-        imported = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                # `from raypipe.labels import catalog` imports the submodule raypipe.labels.catalog
-                targets = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
-                           for alias in node.names]
-            else:
-                continue
-            imported |= {t for t in targets if t in modules and t != name}
-        graph[name] = imported
-    return graph
+    return {name: {t for node in ast.walk(ast.parse(path.read_text())) for t in _imported(node, modules)
+                   if t in modules and t != name} for name, path in modules.items()}
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -97,19 +95,11 @@ def _top_level_imports(path: Path) -> tuple[set[str], set[str]]:
     """(raypipe modules, other top-level packages) a module imports when it is imported (outside its functions)."""
     modules = _modules()
     own, other = set(), set()
-    tree = ast.parse(path.read_text())
-    for statement in tree.body:
-        for node in ast.walk(statement) if not isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                                       ast.ClassDef)) else []:
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
-                         for alias in node.names]
-            else:
-                continue
-            for name in names:
-                (own if name in modules else other).add(name if name in modules else name.split(".")[0])
+    for statement in ast.parse(path.read_text()).body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for name in (t for node in ast.walk(statement) for t in _imported(node, modules)):
+            (own if name in modules else other).add(name if name in modules else name.split(".")[0])
     return own, other
 
 
@@ -129,19 +119,11 @@ def _loads_a_heavy_library(module: str, seen: set[str] | None = None) -> bool:
 def imports_inside_functions() -> list[tuple[str, str]]:
     """(module, imported raypipe module) of every import of raypipe's own modules inside a function or method."""
     modules = _modules()
-    found = []
-    for name, path in modules.items():
-        for function in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            for node in ast.walk(function):
-                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and \
-                        node.module.startswith("raypipe"):
-                    found += [(name, f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module)
-                              for a in node.names]
-                elif isinstance(node, ast.Import):
-                    found += [(name, a.name) for a in node.names if a.name.startswith("raypipe")]
-    return sorted(set(found))
+    return sorted({(name, target) for name, path in modules.items()
+                   for function in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for node in ast.walk(function) for target in _imported(node, modules)
+                   if target.startswith("raypipe")})
 
 
 def test_own_imports_sit_at_the_top_unless_the_module_loads_a_heavy_library():
