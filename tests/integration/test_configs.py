@@ -32,5 +32,5 @@ def test_an_embedded_model_config_plans_in_full(inputs, monkeypatch, name, layer
     assert (planned.layers, planned.positions) == (layers, positions)
     assert labels <= set(planned.labels), sorted(planned.labels)
     if name == "trigger_probe":
-        assert planned.labels["quadrant"]["classes"] == ["Q1", "Q2", "Q3", "Q4"]
+        assert planned.labels["quadrant"].classes == ["Q1", "Q2", "Q3", "Q4"]
         assert "loop" in planned.absent_labels  # backend none: no rollouts
