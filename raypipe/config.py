@@ -76,7 +76,8 @@ class VllmConfig:
 
     tp: int = knob(1, "Tensor-parallel GPUs per engine actor (must divide the model's attention heads).", runtime=True)
     max_num_seqs: int = knob(256, "Sequences the engine runs at once.", runtime=True)
-    gpu_memory_utilization: float = knob(0.9, "Share of each GPU vLLM may take (placement lowers it when colocated).", runtime=True)
+    gpu_memory_utilization: float = knob(0.9, "Share of each GPU vLLM may take (placement lowers it when "
+                                              "colocated).", runtime=True)
     enforce_eager: bool = knob(False, "Skip CUDA graph capture.", runtime=True)
 
     def __post_init__(self) -> None:
@@ -93,7 +94,8 @@ class HfConfig:
 
     batch_tokens: int = knob(32768, "K x rows x (prompt + max_tokens) of one generate call.",
                              flags=("--hf-batch-tokens",), runtime=True)
-    max_sequences: int = knob(64, "Sequences (rows x K) of one generate call.", flags=("--hf-max-sequences",), runtime=True)
+    max_sequences: int = knob(64, "Sequences (rows x K) of one generate call.", flags=("--hf-max-sequences",),
+                              runtime=True)
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "max_sequences"):
@@ -126,7 +128,8 @@ class ModelConfig:
                                           "before it has none); the presets that think set it.")
     vllm: VllmConfig = field(default_factory=VllmConfig)
     hf: HfConfig = field(default_factory=HfConfig)
-    prefill_actors: int = knob(1, "Transformers actors computing hidden states (cpu and separate placements).", runtime=True)
+    prefill_actors: int = knob(1, "Transformers actors computing hidden states (cpu and separate placements).",
+                               runtime=True)
     prefill_batch_tokens: int = knob(16384, "Token budget of one length-sorted prefill batch.", runtime=True)
     shards_in_flight: int = knob(2, "Shards one engine actor holds at once: its engine stays full across shard "
                                     "boundaries.", runtime=True)
@@ -348,7 +351,8 @@ class BuildConfig:
     backend: Literal["vllm", "hf", "none"] = knob("vllm", "Generation backend: vllm, hf (transformers generate), "
                                                           "none (no rollouts).")
     placement: Literal["auto", "colocated", "separate"] = knob("auto", "On GPUs: auto, colocated (prefill on the "
-                                                                       "engines' GPUs), separate (GPUs of its own).", runtime=True)
+                                                                       "engines' GPUs), separate (GPUs of its own).",
+                                                               runtime=True)
     gpu_memory_gb: float | None = knob(None, "Memory of one GPU, for placement (default: asked of a GPU of the "
                                              "cluster).", runtime=True)
 

@@ -131,20 +131,20 @@ def sections_of(spec: Command) -> set[tuple[str, ...]]:
 
 # --- values: coercion, config files, resolution --------------------------------------------------------------------
 
-def _alternatives(hint: Any) -> tuple:
+def alternatives(hint: Any) -> tuple:
     """The members of a union type (`int | str | None`), or the type alone."""
     return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
 
 
 def describe_type(hint: Any) -> str:
     choices = choices_of(hint)
-    args = [a for a in _alternatives(hint) if a is not NoneType]
+    args = [a for a in alternatives(hint) if a is not NoneType]
     if choices:
         text = "one of " + ", ".join(str(c) for c in choices)
     else:
         text = " or ".join(f"list of {typing.get_args(a)[0].__name__}" if typing.get_origin(a) in (list, tuple)
                            else a.__name__ for a in args)
-    return text + (" (or null)" if NoneType in _alternatives(hint) else "")
+    return text + (" (or null)" if NoneType in alternatives(hint) else "")
 
 
 def _whole(value: Any) -> bool:
@@ -158,7 +158,7 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
 
     YAML reads `layers: -1` as a number: a whole number given for a text field becomes its text, and text that is a
     whole number becomes the number where a field takes either (`position: '-1'`)."""
-    args = _alternatives(hint)
+    args = alternatives(hint)
     if value is None:
         if NoneType in args:
             return None

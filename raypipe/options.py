@@ -32,7 +32,7 @@ from raypipe import knobs
 from raypipe.config import DEFAULT_PRESET, BuildConfig, choices_of
 from raypipe.errors import UserError
 from raypipe.finetune.config import AnalyzeConfig, FinetuneCommandConfig
-from raypipe.knobs import Command, NoneType, Option, _alternatives, describe_type, fields_of, sections_of
+from raypipe.knobs import Command, NoneType, Option, alternatives, describe_type, fields_of, sections_of
 from raypipe.probes.config import EvaluateConfig, ScoreConfig, SweepConfig, TrainConfig
 from raypipe.tasks.experiment import CONFIG_FILE
 
@@ -201,7 +201,7 @@ def options_table(command: str) -> str:
 
 def _is_switch(hint: Any) -> bool:
     """bool, or bool | None (None: not decided, as --gpu/--no-gpu left out): an --x/--no-x flag."""
-    return {a for a in _alternatives(hint) if a is not NoneType} == {bool}
+    return {a for a in alternatives(hint) if a is not NoneType} == {bool}
 
 
 def _shown_flags(option: Option) -> list[str]:

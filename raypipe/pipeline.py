@@ -21,8 +21,7 @@ from raypipe.config import BuildConfig
 from raypipe.embedded import resolve_model_path
 from raypipe.errors import UserError
 from raypipe.labels.catalog import finish_derived
-from raypipe.output import LABEL_PREFIX, Build, BuildManifest, ShardRecord, shard_name
-from raypipe.output.records import FAILED
+from raypipe.output import FAILED, LABEL_PREFIX, Build, BuildManifest, ShardRecord, shard_name
 from raypipe.placement import ModelShape, model_shape, place
 from raypipe.plan import BuildInputs, ShardPlan, plan_shards, prepare
 from raypipe.progress import ProgressPrinter, start_board
@@ -114,9 +113,9 @@ def plan_placement(config: BuildConfig, inputs: BuildInputs):
 def execute(config: BuildConfig, inputs: BuildInputs, pending: list[ShardPlan],
             manifest: BuildManifest | None = None):
     """Stream the pending shards through the stages (topology.stage_specs: the list for this placement) on Ray Data;
-    yield their records (output.ShardRecord) as shards are written. A shard whose stage actor died on it more often than Ray's task
-    retries allow never comes back from Ray Data; it is yielded as failed, so that the rest of the build still
-    finishes."""
+    yield their records (output.ShardRecord) as shards are written. A shard whose stage actor died on it more often
+    than Ray's task retries allow never comes back from Ray Data; it is yielded as failed, so that the rest of the
+    build still finishes."""
     import ray
 
     connect()

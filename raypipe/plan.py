@@ -35,7 +35,7 @@ class BuildInputs:
     hidden_size: int
     layers: list[int]
     positions: list[int | str]  # negative offsets, 'marker:TEXT' / 'answer:-N' / 'rollout:TEXT', as the manifest records
-    labels: dict[str, LabelDefinition]  # the labels this build has, with definitions (labels.catalog.plan)
+    labels: dict[str, LabelDefinition]  # the labels this build has, defined (labels.catalog.plan)
     sources: dict[str, Source]
     splits: dict[str, SplitRows]
     absent_labels: dict[str, str] = field(default_factory=dict)  # label -> why this build does not have it

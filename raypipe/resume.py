@@ -3,7 +3,9 @@
 A rerun with the same configuration takes over the manifest and skips its complete shards (rechecked by sha256 first);
 a rerun with another configuration is refused, or starts over with --overwrite, so shards of two configurations never
 mix. Fields that change how a build runs, never what it writes (declared `runtime` in config.py), may change on a
-resume.
+resume. A configuration recorded by an earlier release is read as this one would have recorded it
+(config.recorded_config): a field it lacks is the field's declared default, and so is a null it recorded for a field
+that no longer takes None (an optional setting then left unset, which every such field was).
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ from raypipe import __version__
 from raypipe.config import BuildConfig, declared_defaults, recorded_config, runtime_fields
 from raypipe.errors import UserError
 from raypipe.fs import Location
-from raypipe.output import MANIFEST, BuildManifest, BuildRecord, read_manifest
-from raypipe.output.manifest import now
-from raypipe.output.records import FeatureLayout, ModelRecord
+from raypipe.output import MANIFEST, BuildManifest, BuildRecord, FeatureLayout, ModelRecord, now, read_manifest
 from raypipe.plan import SPLITS, BuildInputs, ShardPlan
 
 

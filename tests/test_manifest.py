@@ -158,3 +158,20 @@ def test_status_reads_a_build_made_by_an_earlier_release():
     assert counts.exit_code == 0 and counts.output.splitlines() == ["train: 6 complete", "test: 1 complete"]
     shown = _invoke("status", str(OLD_BUILD), "--config")
     assert shown.exit_code == 0 and "nli_model: mrm8488/deberta-v3-small-finetuned-mnli" in shown.output
+
+
+def test_a_rebuilt_shard_keeps_why_it_was_rebuilt_and_an_unknown_model_path_is_null(tmp_path):
+    config, plans = _build(tmp_path / "out")
+    victim, = (tmp_path / "out" / "train").glob("shard-00001-*.safetensors")
+    victim.unlink()
+    manifest = open_build(config, _inputs(), plans, overwrite=False)
+    tensors = {"features": torch.zeros(2, 1, 1, 4), "row_id": torch.tensor(plans[1].row_ids),
+               "label.loop": torch.tensor([0, 1])}
+    shard = write_shard(Location(str(tmp_path / "out")), "train", 1, tensors, {"row_id": plans[1].row_ids})
+    shard.label_counts, shard.skipped = {"loop": {"0": 1, "1": 1}}, {}
+    manifest.complete(shard)
+    recorded = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    rebuilt = recorded["splits"]["train"]["shards"]["shard-00001"]
+    assert rebuilt["status"] == "complete" and rebuilt["note"].startswith("rebuilt after: shard file")
+    assert "error" not in rebuilt and rebuilt["planned_rows"] == 2
+    assert recorded["model"]["local_path"] is None  # BuildInputs without a local path: null, as always written

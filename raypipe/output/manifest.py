@@ -105,9 +105,12 @@ class BuildManifest:
         if accounted != shard.planned_rows:
             raise RuntimeError(f"{written.split}/{written.name} has {written.rows} rows and skipped {skipped}, "
                                f"planned {shard.planned_rows}")
+        # The written record replaces the planned one (an earlier failure's error goes); the plan and a rebuild's
+        # note stay.
         self.record.splits[written.split].shards[written.name] = ShardRecord(**{
             **vars(written), "status": COMPLETE, "planned_rows": shard.planned_rows,
-            "row_id_range": shard.row_id_range, "extra": {**shard.extra, **written.extra}})
+            "row_id_range": shard.row_id_range, "note": written.note or shard.note,
+            "extra": {**shard.extra, **written.extra}})
         self.record.tally()
         self.write()
 

@@ -2,8 +2,8 @@
 
 `manifest.json` is these records' JSON. Reading keeps every key a record does not declare in its `extra` and writing
 puts it back, so a manifest written by another release (older or newer) survives a resume unchanged; a field an
-older release did not write reads as its default here, and a field left at None is not written (the JSON keeps the
-shape it always had: a pending shard has no `files`).
+older release did not write reads as its default here, and a field left at None is not written unless the JSON always
+had it (a pending shard has no `files`; the model's `local_path` is null when unknown).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class Record:
 
     _records: ClassVar[dict[str, type]] = {}
     _record_maps: ClassVar[dict[str, type]] = {}
+    _nullable: ClassVar[frozenset[str]] = frozenset()  # fields written as null when None (the JSON always had them)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]):
@@ -41,7 +42,7 @@ class Record:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "extra" or value is None:
+            if f.name == "extra" or (value is None and f.name not in self._nullable):
                 continue
             if isinstance(value, Record):
                 value = value.to_json()
@@ -58,6 +59,7 @@ class ModelRecord(Record):
     hidden_size: int | None = None
     local_path: str | None = None  # the weights' folder when the model came from the hub's cache or a path
     extra: dict[str, Any] = field(default_factory=dict)
+    _nullable: ClassVar[frozenset[str]] = frozenset({"local_path"})
 
 
 @dataclass

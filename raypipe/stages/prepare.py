@@ -59,5 +59,6 @@ class PrepareStage(ShardStage):
             skipped[reason] = skipped.get(reason, 0) + count
         shard.update(row_id=[r.row_id for r in kept], prompt=[r.prompt for r in kept],
                      prompt_token_ids=[r.prompt_token_ids for r in kept], answer=[r.answer for r in kept],
-                     reference=[r.reference for r in kept], columns=[r.columns for r in kept], offsets=[r.offsets for r in kept], skipped=skipped)
+                     reference=[r.reference for r in kept], columns=[r.columns for r in kept],
+                     offsets=[r.offsets for r in kept], skipped=skipped)
         return {"tokens": sum(len(r.prompt_token_ids) for r in kept)}

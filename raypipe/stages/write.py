@@ -9,8 +9,7 @@ import numpy as np
 
 from raypipe.fs import Location
 from raypipe.labels.catalog import counts
-from raypipe.output import LABEL_PREFIX, ShardRecord, shard_name, write_shard
-from raypipe.output.records import FAILED
+from raypipe.output import FAILED, LABEL_PREFIX, ShardRecord, shard_name, write_shard
 from raypipe.payload import get_shard, numpy_to_tensor
 from raypipe.stages.base import ShardStage
 
