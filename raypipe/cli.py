@@ -17,9 +17,10 @@ from typing import Optional
 import typer
 
 import raypipe
-from raypipe.config import PRESETS, BuildConfig, recorded_config
+from raypipe.config import PRESETS, BuildConfig
 from raypipe.errors import UserError, user_errors
 from raypipe.fs import Location
+from raypipe.knobs import recorded_config
 from raypipe.options import from_dict, to_yaml, with_options
 from raypipe.output import read_manifest
 from raypipe.pipeline import run_build

@@ -266,3 +266,35 @@ def from_mapping(spec: Command, data: Any, where: str) -> Any:
         return construct(spec.config, values, spec)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
+
+
+# --- what a config declares, by dotted field name (as `to_dict()` names them: `model.vllm.tp`) ----------------------
+
+def _dotted(config_class: type) -> list[tuple[str, Option]]:
+    return [(".".join(option.names), option) for option in _walk(config_class)]
+
+
+def declared_defaults(config_class: type) -> dict[str, Any]:
+    """Dotted field name -> the field's declared default, for every field that has one. A config recorded before a
+    field existed lacks its key; compared as this default, a build made then still resumes."""
+    return {name: o.field.default_factory() if o.field.default_factory is not MISSING else o.field.default
+            for name, o in _dotted(config_class)
+            if o.field.default is not MISSING or o.field.default_factory is not MISSING}
+
+
+def runtime_fields(config_class: type) -> set[str]:
+    """Dotted names of the fields declared runtime=True (config.knob): a resume may change them."""
+    return {name for name, o in _dotted(config_class) if o.field.metadata.get("runtime")}
+
+
+def recorded_config(config_class: type, recorded: dict[str, Any]) -> dict[str, Any]:
+    """A config as an earlier release recorded it, read by this one: a null where a field no longer takes None (it
+    was optional then, and left unset: `labels.nli_model` before it had a default) is dropped, so that the declared
+    default stands for it."""
+    not_nullable = {name for name, o in _dotted(config_class) if NoneType not in alternatives(o.hint)}
+
+    def keep(section: dict[str, Any], prefix: str) -> dict[str, Any]:
+        return {key: keep(value, f"{prefix}{key}.") if isinstance(value, dict) else value
+                for key, value in section.items() if not (value is None and prefix + key in not_nullable)}
+
+    return keep(recorded, "")

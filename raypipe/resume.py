@@ -2,9 +2,9 @@
 
 A rerun with the same configuration takes over the manifest and skips its complete shards (rechecked by sha256 first);
 a rerun with another configuration is refused, or starts over with --overwrite, so shards of two configurations never
-mix. Fields that change how a build runs, never what it writes (declared `runtime` in config.py), may change on a
+mix. Fields that change how a build runs, never what it writes (declared `runtime` on their knobs), may change on a
 resume. A configuration recorded by an earlier release is read as this one would have recorded it
-(config.recorded_config): a field it lacks is the field's declared default, and so is a null it recorded for a field
+(knobs.recorded_config): a field it lacks is the field's declared default, and so is a null it recorded for a field
 that no longer takes None (an optional setting then left unset, which every such field was).
 """
 
@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from raypipe import __version__
-from raypipe.config import BuildConfig, declared_defaults, recorded_config, runtime_fields
+from raypipe.config import BuildConfig
 from raypipe.errors import UserError
 from raypipe.fs import Location
+from raypipe.knobs import declared_defaults, recorded_config, runtime_fields
 from raypipe.output import MANIFEST, BuildManifest, BuildRecord, FeatureLayout, ModelRecord, now, read_manifest
 from raypipe.plan import SPLITS, BuildInputs, ShardPlan
 

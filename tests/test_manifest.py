@@ -115,7 +115,7 @@ def test_a_build_made_by_an_earlier_release_is_read_and_written_back_unchanged(t
 def test_a_build_made_by_an_earlier_release_resumes_with_nothing_to_do(tmp_path):
     import shutil
 
-    from raypipe.config import recorded_config
+    from raypipe.knobs import recorded_config
     from raypipe.options import from_dict
 
     build_dir = tmp_path / "old"

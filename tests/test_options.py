@@ -169,7 +169,7 @@ def test_numbers_as_yaml_writes_them_become_the_fields_types(tmp_path):
 def test_a_field_added_later_reads_as_its_default_in_an_older_config():
     """What a manifest written before a field existed lacks: its key, taken as the declared default (so that the
     resume check and `status --config` treat an older build as built with it)."""
-    from raypipe.config import declared_defaults
+    from raypipe.knobs import declared_defaults
 
     defaults = declared_defaults(BuildConfig)
     assert defaults["source.eval_splits"] == [] and defaults["shard_size"] == 64 and defaults["model.vllm.tp"] == 1

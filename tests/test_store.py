@@ -94,7 +94,8 @@ def test_config_differences_ignore_runtime_fields():
 def test_a_build_recorded_before_a_field_existed_still_resumes():
     """A manifest from an earlier release lacks the fields added since (eval_splits): compared as their declared
     defaults, the config matches; a field the user did set still differs."""
-    from raypipe.config import BuildConfig, declared_defaults, get_preset
+    from raypipe.config import BuildConfig, get_preset
+    from raypipe.knobs import declared_defaults
 
     new = BuildConfig(out_dir="x", model=get_preset("smollm2_135m")).to_dict()
     old = {**new, "source": {k: v for k, v in new["source"].items() if k != "eval_splits"}}

@@ -9,11 +9,20 @@ checks takes a `fs.Location` (a local folder or a pyarrow filesystem URI: `s3://
 """
 
 from raypipe.output.layout import FEATURES, LABEL_PREFIX, MANIFEST, shard_name
-from raypipe.output.manifest import (BuildManifest, now, read_manifest, read_manifest_json, verify_shard,
-                                     write_manifest)
+from raypipe.output.manifest import BuildManifest, now, read_manifest, read_manifest_json, verify_shard, write_manifest
 from raypipe.output.reader import Build, load_rollouts, load_split
-from raypipe.output.records import (COMPLETE, FAILED, FORMAT, PENDING, BuildRecord, FeatureLayout, LabelDefinition,
-                                    ModelRecord, ShardRecord, SplitRecord)
+from raypipe.output.records import (
+    COMPLETE,
+    FAILED,
+    FORMAT,
+    PENDING,
+    BuildRecord,
+    FeatureLayout,
+    LabelDefinition,
+    ModelRecord,
+    ShardRecord,
+    SplitRecord,
+)
 from raypipe.output.shards import write_shard
 
 __all__ = ["COMPLETE", "FAILED", "FEATURES", "FORMAT", "LABEL_PREFIX", "MANIFEST", "PENDING", "Build", "BuildManifest",
